@@ -1,0 +1,7 @@
+"""``python -m dynmon`` is the ``dynmon`` command."""
+
+import sys
+
+from dynmon.cli import main
+
+sys.exit(main())

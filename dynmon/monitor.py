@@ -1,0 +1,553 @@
+"""The Monitor: on a schedule, gather what the due metrics need, run them in isolation, log.
+
+Only the Monitor owns schedules, state (snapshots, detectors), fault isolation and rank-0 logic;
+metrics are pure functions (``dynmon.metrics``), sinks only write (``dynmon.sinks``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dynmon import adapters
+from dynmon.metrics.spec import LookContext, MetricSpec, Output
+from dynmon.metrics.table import METRICS, PRESETS, head_inputs
+from dynmon.schedule import Schedule, as_schedule, every, logspace
+
+MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
+
+
+def default_schedule() -> Schedule:
+    """Dense early (log-spaced up to step 1,000), then every 100 steps."""
+    return every(100) | logspace(1, 1000, 20)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """The Monitor's resolved configuration, written to ``config.json`` under ``dynmon``."""
+
+    run_dir: str | None
+    metrics: dict[str, str]  # metric name -> schedule repr
+    schedule: str
+    sinks: list[str]
+    strict: bool
+    options: dict[str, Any]
+    reference_step: int | None
+    seed: int
+    model_class: str
+    n_parameters: int
+    attention_layers: list[dict[str, Any]]
+
+
+class MetricError(RuntimeError):
+    """A metric raised while ``strict=True``."""
+
+
+def _default_rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _to_plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, Mapping):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Tensor) and value.numel() == 1:
+        return value.item()
+    return repr(value)
+
+
+class Monitor:
+    """Watch a model while it trains; call ``step()`` after every ``optimizer.step()``.
+
+    Args:
+        model: any PyTorch model (DDP / ``torch.compile`` wrappers are looked through).
+        run_dir: local run folder; a fresh ``runs/<time>`` when None.
+        schedule: when to look (``dynmon.every(k)``, ``dynmon.logspace(a, b, n)``, ``a | b``).
+        metrics: ``"economy"`` (default), ``"full"``, metric names, your own ``MetricSpec``s,
+            or a dict giving some their own schedule:
+            ``{"economy": None, "sharpness": every(500)}``.
+        sinks: ``["local"]`` (default), ``"wandb"``, ``"tensorboard"`` or Sink instances.
+        strict: raise on a failing metric instead of reporting it once and switching it off.
+        loss_fn, probe_batch: ``loss_fn(model, probe_batch) -> scalar`` for curvature metrics.
+        optimizer: lets curvature report sharpness × learning rate (edge of stability).
+        detectors: event detectors on logged scalars; None picks them from the keys seen.
+        config: the run's own configuration (a dataclass or dict), written to ``config.json``.
+        reference_step: the look used as reference for ``subspace_dist_ref`` (first look if None).
+        options: metric options (``subspace_k``, ``marginal_k``, ``rank_tol``, curvature ``k``...).
+        rank: this process's rank; only rank 0 computes and logs unless ``all_ranks=True``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        run_dir: str | Path | None = None,
+        schedule: Schedule | int | Iterable[int] | Callable[[int], bool] | None = None,
+        metrics: str | Iterable[str] | Mapping[str, Any] | None = None,
+        sinks: Iterable[Any] | str | None = None,
+        strict: bool = False,
+        *,
+        loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
+        probe_batch: Any = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        detectors: Iterable[Any] | None = None,
+        config: Any = None,
+        reference_step: int | None = None,
+        options: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        rank: int | None = None,
+        all_ranks: bool = False,
+    ) -> None:
+        self.model = model
+        self.strict = strict
+        self.loss_fn, self.probe_batch, self.optimizer = loss_fn, probe_batch, optimizer
+        self.options = dict(options or {})
+        self.reference_step = reference_step
+        self.rank = _default_rank() if rank is None else int(rank)
+        self.active = all_ranks or self.rank == 0
+        self.schedule = default_schedule() if schedule is None else as_schedule(schedule)
+        self._metrics = self._resolve_metrics(metrics)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._seed = seed
+        self._snapshots: dict[str, Any] = {}
+        self._references: dict[str, Any] = {}
+        self._disabled: dict[str, str] = {}
+        self._prev_weights: dict[str, Tensor] | None = None
+        self._next_step = 0
+        self._last_step: int | None = None
+        self._looks = 0
+        self._events: list[dict[str, Any]] = []
+        self._summary: dict[str, Any] = {}
+        self._user_detectors = detectors is not None
+        self._detectors: list[Any] = list(detectors) if detectors is not None else []
+        self._seen_keys: set[str] = set()
+        self._closed = False
+        self.sinks: list[Any] = []
+        self.run_dir: Path | None = None
+        if not self.active:
+            return
+        self._check_heads()
+        self._open_sinks(run_dir, sinks)
+        self._config = self._make_config(config, sinks)
+        self._emit("write_config", self._config)
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _resolve_metrics(self, metrics: Any) -> dict[str, tuple[MetricSpec, Schedule | None]]:
+        """Expand presets and names into ``{name: (spec, own schedule or None)}``."""
+        if metrics is None:
+            metrics = "economy"
+        items: list[tuple[str, Any]]
+        if isinstance(metrics, str):
+            items = [(metrics, None)]
+        elif isinstance(metrics, Mapping):
+            items = list(metrics.items())
+        else:
+            items = [(m, None) for m in metrics]
+        resolved: dict[str, tuple[MetricSpec, Schedule | None]] = {}
+        for name, sched in items:
+            own = None if sched is None else as_schedule(sched)
+            if isinstance(name, MetricSpec):  # a user's own metric
+                resolved[name.name] = (name, own)
+                continue
+            names = PRESETS.get(name, (name,))
+            for n in names:
+                if n not in METRICS:
+                    raise ValueError(
+                        f"unknown metric {n!r}; choose presets {sorted(PRESETS)} or metrics "
+                        f"{sorted(METRICS)}"
+                    )
+                resolved[n] = (METRICS[n], own)
+        curvature = [n for n, (s, _) in resolved.items() if "curvature" in s.needs]
+        if curvature and (self.loss_fn is None or self.probe_batch is None):
+            raise ValueError(
+                f"metrics {curvature} need the loss on a probe batch: pass "
+                "loss_fn=lambda model, batch: <scalar loss> and probe_batch=<batch> to Monitor"
+            )
+        return resolved
+
+    def _check_heads(self) -> None:
+        """Drop per-head metrics (with one warning) when the model has no attention we know."""
+        head_needs = {"heads", "head_spectra", "head_svd"}
+        wanted = [n for n, (s, _) in self._metrics.items() if s.needs & head_needs]
+        if not wanted:
+            return
+        try:
+            self._layers = adapters.heads(self.model)
+        except ValueError as exc:
+            if self.strict:
+                raise
+            warnings.warn(
+                f"dynmon: per-head metrics {wanted} switched off: {exc}", RuntimeWarning, 2
+            )
+            for n in wanted:
+                self._disabled[n] = "no attention layers found"
+
+    def _open_sinks(self, run_dir: str | Path | None, sinks: Any) -> None:
+        from dynmon.runfolder import new_run_dir
+        from dynmon.sinks import make_sink
+
+        specs = ["local"] if sinks is None else ([sinks] if isinstance(sinks, str) else sinks)
+        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir()
+        self.sinks = [make_sink(s, self.run_dir) for s in specs]
+
+    def _make_config(self, user_config: Any, sinks: Any) -> dict[str, Any]:
+        layers = getattr(self, "_layers", [])
+        mon = MonitorConfig(
+            run_dir=str(self.run_dir),
+            metrics={
+                n: repr(s) if s is not None else "default" for n, (_, s) in self._metrics.items()
+            },
+            schedule=repr(self.schedule),
+            sinks=[s if isinstance(s, str) else type(s).__name__ for s in (sinks or ["local"])],
+            strict=self.strict,
+            options=_to_plain(self.options),
+            reference_step=self.reference_step,
+            seed=self._seed,
+            model_class=type(adapters.unwrap(self.model)).__name__,
+            n_parameters=sum(p.numel() for p in self.model.parameters()),
+            attention_layers=[
+                {"name": h.name, "n_heads": h.n_heads, "d_model": h.d_model, "d_head": h.d_head}
+                for h in layers
+            ],
+        )
+        cfg: dict[str, Any] = {"dynmon": _to_plain(mon)}
+        if user_config is not None:
+            cfg["run"] = _to_plain(user_config)
+        return cfg
+
+    # -- the hot path ---------------------------------------------------------------------
+    def step(
+        self, step: int | None = None, loss: Tensor | float | None = None, **scalars: Any
+    ) -> None:
+        """Record one training step (call after ``optimizer.step()``); look if the schedule says so.
+
+        ``loss`` and ``scalars`` (e.g. ``test_acc=0.9`` or ``**{"test/acc": 0.9}``) are logged
+        every call; tensors are converted here (a sync point on GPU).
+        """
+        if not self.active or self._closed:
+            return
+        step = self._next_step if step is None else int(step)
+        self._next_step = step + 1
+        self._last_step = step
+        values: dict[str, Any] = {}
+        if loss is not None:
+            values["loss"] = loss
+        values.update(scalars)
+        logged = self._floats(values)
+        due = [
+            (n, spec)
+            for n, (spec, own) in self._metrics.items()
+            if n not in self._disabled and (own or self.schedule)(step)
+        ]
+        arrays: dict[str, np.ndarray] = {}
+        if due:
+            looked, arrays = self._look(step, due)
+            logged.update(looked)
+        if logged or arrays:
+            self._emit("write", step, logged, arrays)
+        self._detect(step, logged)
+        self._keep_prev_weights(step + 1)
+
+    def _floats(self, values: Mapping[str, Any]) -> dict[str, float]:
+        """Convert scalars to Python floats with one device transfer (``# sync point``)."""
+        out: dict[str, float] = {}
+        tensors: dict[str, Tensor] = {}
+        for k, v in values.items():
+            if isinstance(v, Tensor):
+                if v.numel() != 1:
+                    self._bad_input(f"scalar {k!r} has shape {tuple(v.shape)}; log one number")
+                    continue
+                tensors[k] = v.detach().reshape(()).to(torch.float64)
+            elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                out[k] = float(v)
+            elif isinstance(v, bool):
+                out[k] = float(v)
+            else:
+                self._bad_input(f"scalar {k!r} is a {type(v).__name__}; log a number or tensor")
+        if tensors:
+            device = next(iter(tensors.values())).device
+            flat = torch.stack([t.to(device) for t in tensors.values()])
+            out.update(zip(tensors, flat.cpu().tolist(), strict=True))  # sync point
+        return out
+
+    def _bad_input(self, message: str) -> None:
+        if self.strict:
+            raise TypeError(message)
+        warnings.warn(f"dynmon: {message}; skipped", RuntimeWarning, 3)
+
+    def _keep_prev_weights(self, next_step: int) -> None:
+        """Copy the weights when a metric due at the next step compares against them."""
+        needs_prev = any(
+            "prev_weights" in spec.needs and (own or self.schedule)(next_step)
+            for n, (spec, own) in self._metrics.items()
+            if n not in self._disabled
+        )
+        if needs_prev:
+            with torch.no_grad():
+                self._prev_weights = {
+                    k: w.detach().clone() for k, w in adapters.weights(self.model).items()
+                }
+        else:
+            self._prev_weights = None
+
+    def _look(self, step: int, due: list[tuple[str, MetricSpec]]) -> tuple[dict, dict]:
+        """Gather the merged needs of the due metrics once, run each metric in isolation."""
+        needs = set().union(*(spec.needs for _, spec in due))
+        scalars: dict[str, Tensor | float] = {}
+        arrays: dict[str, Tensor] = {}
+        with torch.no_grad():
+            ctx = self._context(step, needs)
+        if ctx is None:
+            return {}, {}
+        is_reference = (self.reference_step is None and self._looks == 0) or (
+            step == self.reference_step
+        )
+        for name, spec in due:
+            ctx.snapshot = self._snapshots.get(name)
+            ctx.reference = self._references.get(name)
+            out = self._run_metric(name, spec, ctx, step)
+            if out is None:
+                continue
+            scalars.update(out.scalars)
+            arrays.update(out.arrays)
+            if out.snapshot is not None:
+                self._snapshots[name] = out.snapshot
+                if is_reference:
+                    self._references[name] = out.snapshot
+        self._looks += 1
+        return self._floats(scalars), {k: self._array(v) for k, v in arrays.items()}
+
+    @staticmethod
+    def _array(v: Tensor) -> np.ndarray:
+        return v.detach().to(torch.float64).cpu().numpy()  # sync point
+
+    def _context(self, step: int, needs: set[str]) -> LookContext | None:
+        ctx = LookContext(
+            step=step,
+            model=self.model,
+            loss_fn=self.loss_fn,
+            probe_batch=self.probe_batch,
+            optimizer=self.optimizer,
+            generator=self._generator,
+            options=self.options,
+            prev_weights=self._prev_weights,
+        )
+        try:
+            if needs & {"heads", "head_spectra", "head_svd"}:
+                ctx.heads = adapters.heads(self.model)
+                ctx.spectra, ctx.svd = head_inputs(ctx.heads, "head_svd" in needs)
+            if needs & {"weights", "prev_weights"}:
+                ctx.weights = adapters.weights(self.model)
+            if "grads" in needs:
+                ctx.grads = adapters.grads(self.model)
+        except Exception as exc:  # an input nobody can compute: switch off whoever needs it
+            for name, (spec, _) in self._metrics.items():
+                if spec.needs & needs and name not in self._disabled:
+                    self._fail(name, step, exc)
+            return None
+        return ctx
+
+    def _run_metric(
+        self, name: str, spec: MetricSpec, ctx: LookContext, step: int
+    ) -> Output | None:
+        try:
+            if "curvature" in spec.needs:
+                return spec.compute(ctx)
+            with torch.no_grad():
+                return spec.compute(ctx)
+        except Exception as exc:
+            self._fail(name, step, exc)
+            return None
+
+    def _fail(self, name: str, step: int, exc: Exception) -> None:
+        """Report a failing metric once and switch it off (or raise when strict)."""
+        if self.strict:
+            raise MetricError(f"metric {name!r} failed at step {step}: {exc!r}") from exc
+        self._disabled[name] = repr(exc)
+        warnings.warn(
+            f"dynmon: metric {name!r} failed at step {step} and is switched off: {exc!r}",
+            RuntimeWarning,
+            4,
+        )
+        self.log_event(
+            "metric_error",
+            step,
+            metric=name,
+            error=repr(exc),
+            message=f"metric {name} failed and was switched off: {exc}",
+        )
+
+    # -- events ---------------------------------------------------------------------------
+    def _detect(self, step: int, values: Mapping[str, float]) -> None:
+        """Feed logged scalars to the event detectors; write each event as soon as it is known."""
+        user = {k: v for k, v in values.items() if not k.startswith("dynmon/")}
+        if not user:
+            return
+        if not self._user_detectors and not user.keys() <= self._seen_keys:
+            self._seen_keys |= user.keys()
+            self._add_default_detectors()
+        for det in self._detectors:
+            if not any(k in user for k in det.keys):
+                continue
+            try:
+                events = det.update(step, user)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                warnings.warn(
+                    f"dynmon: detector {det!r} failed: {exc!r}; removed", RuntimeWarning, 2
+                )
+                self._detectors.remove(det)
+                continue
+            for ev in events:
+                self._record_event(ev)
+
+    def _add_default_detectors(self) -> None:
+        try:
+            from dynmon.events import default_detectors
+        except ImportError:  # pragma: no cover
+            return
+        have = {(type(d).__name__, tuple(d.keys)) for d in self._detectors}
+        for det in default_detectors(sorted(self._seen_keys)):
+            ident = (type(det).__name__, tuple(det.keys))
+            if ident not in have:
+                self._detectors.append(det)
+                have.add(ident)
+
+    def log_event(self, kind: str, step: int, **fields: Any) -> dict[str, Any]:
+        """Record an event of the run's own (e.g. an experiment's phase boundary)."""
+        event = {"step": int(step), "kind": kind, **_to_plain(fields)}
+        self._record_event(event)
+        return event
+
+    def _record_event(self, event: Mapping[str, Any]) -> None:
+        event = _to_plain(dict(event))
+        if len(self._events) < MAX_EVENTS:
+            self._events.append(event)
+        self._emit("write_event", event)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Events so far (detected, reported by the run, or metric errors)."""
+        return list(self._events)
+
+    @property
+    def disabled(self) -> dict[str, str]:
+        """Metrics switched off, with the reason."""
+        return dict(self._disabled)
+
+    # -- summary, sinks, lifecycle ----------------------------------------------------------
+    def update_summary(self, figures: Mapping[str, Any] | None = None, **more: Any) -> None:
+        """Merge headline figures into ``summary.json`` (and the other sinks)."""
+        if not self.active:
+            return
+        self._summary.update(_to_plain({**(figures or {}), **more}))
+        self._emit("write_summary", self._summary)
+
+    def _emit(self, method: str, *args: Any) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, method)(*args)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                warnings.warn(
+                    f"dynmon: sink {type(sink).__name__} failed in {method} and is dropped: "
+                    f"{exc!r}; the other sinks keep recording",
+                    RuntimeWarning,
+                    3,
+                )
+                self.sinks.remove(sink)
+
+    def close(self) -> None:
+        """Finish open events, write the summary and flush every sink. Safe to call twice."""
+        if self._closed or not self.active:
+            self._closed = True
+            return
+        step = self._last_step if self._last_step is not None else 0
+        for det in self._detectors:
+            try:
+                for ev in det.finalize(step):
+                    self._record_event(ev)
+            except Exception as exc:  # never lose the rest of the close
+                warnings.warn(
+                    f"dynmon: detector {det!r} failed at close: {exc!r}", RuntimeWarning, 2
+                )
+        self._summary.setdefault("dynmon", {})
+        self._summary["dynmon"] = {
+            "last_step": self._last_step,
+            "looks": self._looks,
+            "events": len(self._events),
+            "disabled_metrics": dict(self._disabled),
+        }
+        self._emit("write_summary", self._summary)
+        self._closed = True
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                warnings.warn(
+                    f"dynmon: closing {type(sink).__name__} failed: {exc!r}", RuntimeWarning, 2
+                )
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue its histories (``torch.save``-able)."""
+        return {
+            "version": 1,
+            "next_step": self._next_step,
+            "last_step": self._last_step,
+            "looks": self._looks,
+            "snapshots": self._snapshots,
+            "references": self._references,
+            "disabled": dict(self._disabled),
+            "generator": self._generator.get_state(),
+            "summary": dict(self._summary),
+            "detectors": [
+                {"type": type(d).__name__, "keys": list(d.keys), "state": d.state_dict()}
+                for d in self._detectors
+            ],
+            "seen_keys": sorted(self._seen_keys),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from ``state_dict()``: step counter, snapshots, references, detectors."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown dynmon Monitor state version {state.get('version')!r}")
+        self._next_step = int(state["next_step"])
+        self._last_step = state["last_step"]
+        self._looks = int(state["looks"])
+        self._snapshots = dict(state["snapshots"])
+        self._references = dict(state["references"])
+        self._disabled = dict(state["disabled"])
+        self._generator.set_state(state["generator"])
+        self._summary = dict(state.get("summary", {}))
+        self._seen_keys = set(state.get("seen_keys", []))
+        if not self._user_detectors and self._seen_keys:
+            self._detectors = []
+            self._add_default_detectors()
+        by_id = {(type(d).__name__, tuple(d.keys)): d for d in self._detectors}
+        for saved in state.get("detectors", []):
+            det = by_id.get((saved["type"], tuple(saved["keys"])))
+            if det is not None:
+                det.load_state_dict(saved["state"])
