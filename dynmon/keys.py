@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from torch import Tensor
+if TYPE_CHECKING:  # keep `load_run` and `dynmon report` free of the torch import
+    from torch import Tensor
 
 PREFIX = "dynmon"
 HEAD_KEY = re.compile(

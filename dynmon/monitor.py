@@ -200,8 +200,11 @@ class Monitor:
         from dynmon.runfolder import new_run_dir
         from dynmon.sinks import make_sink
 
-        specs = ["local"] if sinks is None else ([sinks] if isinstance(sinks, str) else sinks)
-        self.run_dir = Path(run_dir) if run_dir is not None else new_run_dir()
+        specs = ["local"] if sinks is None else ([sinks] if isinstance(sinks, str) else list(sinks))
+        if run_dir is not None:
+            self.run_dir = Path(run_dir)
+        elif any(isinstance(s, str) for s in specs):  # named sinks write into a run folder
+            self.run_dir = new_run_dir()
         self.sinks = [make_sink(s, self.run_dir) for s in specs]
 
     def _make_config(self, user_config: Any, sinks: Any) -> dict[str, Any]:

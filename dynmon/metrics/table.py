@@ -199,11 +199,11 @@ def head_inputs(heads, need_vectors: bool) -> tuple[dict[str, Tensor], dict[str,
     """Per-circuit spectra ``[L, H, dh]`` (and SVDs) of all heads, one batched call per circuit."""
     if not heads:
         return {}, {}
-    uniform = len({tuple(h.W_Q.shape) for h in heads}) == 1
-    if not uniform:
+    shapes = {tuple(tuple(t.shape) for t in (h.W_Q, h.W_K, h.W_V, h.W_O)) for h in heads}
+    if len(shapes) != 1:
         raise ValueError(
-            "attention layers have different head shapes "
-            f"{sorted({tuple(h.W_Q.shape) for h in heads})}; per-head metrics need one shape"
+            f"attention layers have different head shapes {sorted(shapes)} (W_Q, W_K, W_V, W_O);"
+            " per-head metrics stack all layers and need one shape"
         )
     W_Q = torch.stack([h.W_Q for h in heads])  # [L, H, D, dh]
     W_K = torch.stack([h.W_K for h in heads])  # [L, H, D, dh]

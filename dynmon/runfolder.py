@@ -1,0 +1,263 @@
+"""The run folder on disk: its file names, its JSON value convention, reading it back, naming it.
+
+Layout (written by ``dynmon.sinks.local.RunFolderSink``)::
+
+    config.json     the fully resolved configuration (pretty JSON)
+    metrics.jsonl   one object per logged step: {"step": 12, "loss": 2.3, "dynmon/erank/QK": 5.1}
+    arrays.jsonl    one object per step that has arrays: {"step": 12, "dynmon/erank/QK": [[..]]}
+    events.jsonl    one object per event: {"step": 300, "kind": "cliff", ...}
+    summary.json    headline figures, merged and rewritten atomically
+
+Every file is strict JSON (``jq``, pandas and browsers read it). JSON has no NaN or infinity, so
+non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+(Python's own tokens, quoted); ``load_run`` turns those exact strings back into floats, and so does
+``pandas.Series.astype(float)``. A ``null`` value, or Python's unquoted ``NaN`` token, also reads
+back as NaN.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import itertools
+import json
+import math
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePath
+from typing import Any
+
+import numpy as np
+
+CONFIG, METRICS, ARRAYS, EVENTS, SUMMARY = (
+    "config.json",
+    "metrics.jsonl",
+    "arrays.jsonl",
+    "events.jsonl",
+    "summary.json",
+)
+NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+# -- the value convention -------------------------------------------------------------------------
+def encode_float(x: float) -> float | str:
+    """A float as strict JSON allows it: itself when finite, else ``"NaN"``/``"±Infinity"``."""
+    if math.isfinite(x):
+        return x
+    return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+
+
+def jsonable(value: Any) -> Any:
+    """JSON-safe data from dataclasses, paths, enums, NumPy and torch values (repr otherwise)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return encode_float(float(value))
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, np.ndarray):
+        return _encode_array(value)
+    if hasattr(value, "detach") and hasattr(value, "is_floating_point"):  # torch, not imported
+        t = value.detach().cpu()
+        return _encode_array((t.double() if t.is_floating_point() else t).numpy())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        items = [jsonable(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value)
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
+def _encode_array(a: np.ndarray) -> Any:
+    """Nested lists, non-finite entries as their string tokens."""
+    if a.dtype.kind in "iub" or (a.dtype.kind == "f" and np.isfinite(a).all()):
+        return a.tolist()
+    return jsonable(a.tolist())
+
+
+def restore(value: Any) -> Any:
+    """Undo the convention: ``"NaN"``/``"Infinity"``/``"-Infinity"`` back to floats, recursively."""
+    if isinstance(value, str):
+        return NONFINITE.get(value, value)
+    if isinstance(value, list):
+        return [restore(v) for v in value]
+    if isinstance(value, dict):
+        return {k: restore(v) for k, v in value.items()}
+    return value
+
+
+def dumps_line(obj: Mapping[str, Any]) -> str:
+    """One compact strict-JSON line (no newline) for an already JSON-safe mapping."""
+    return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- reading a run back ---------------------------------------------------------------------------
+@dataclass
+class Run:
+    """A run folder read back into memory; ``series`` and ``array_series`` give aligned arrays."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    arrays: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    _keys: tuple[int, list[str]] = field(default=(-1, []), init=False, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """The run's name: its folder's name."""
+        return self.path.resolve().name
+
+    def keys(self) -> list[str]:
+        """Every scalar key logged at least once, in the order first seen."""
+        if self._keys[0] != len(self.metrics):  # cached until rows are added
+            seen: dict[str, None] = {}
+            for row in self.metrics:
+                seen.update(dict.fromkeys(row))
+            seen.pop("step", None)
+            self._keys = (len(self.metrics), list(seen))
+        return list(self._keys[1])
+
+    def array_names(self) -> list[str]:
+        """Every array name logged at least once, in the order first seen."""
+        seen: dict[str, None] = {}
+        for row in self.arrays:
+            seen.update(dict.fromkeys(row))
+        seen.pop("step", None)
+        return list(seen)
+
+    def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of one scalar, sorted by step, skipping steps that lack it.
+
+        A step logged twice (a run resumed from an earlier checkpoint) keeps the value written last.
+        """
+        by_step: dict[int, float] = {}
+        for row in self.metrics:
+            if key in row:
+                by_step[int(row["step"])] = _as_float(row[key])
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        return steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
+
+    def array_series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps [T], values [T, ...])`` of one array, sorted by step (last write wins)."""
+        by_step: dict[int, np.ndarray] = {}
+        for row in self.arrays:
+            if name in row:
+                by_step[int(row["step"])] = row[name]
+        steps = np.array(sorted(by_step), dtype=np.int64)
+        if not by_step:
+            return steps, np.empty((0,), dtype=np.float64)
+        shapes = {by_step[s].shape for s in by_step}
+        if len(shapes) > 1:
+            raise ValueError(f"array {name!r} changes shape over the run: {sorted(shapes)}")
+        return steps, np.stack([by_step[s] for s in steps.tolist()])
+
+
+def _as_float(v: Any) -> float:
+    if v is None:
+        return math.nan
+    try:
+        return float(NONFINITE.get(v, v)) if isinstance(v, str) else float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run folder written by ``RunFolderSink`` (a run still being written is fine)."""
+    path = Path(path)
+    expected = f"a dynmon run folder with {METRICS} (and {CONFIG}, {EVENTS}, {SUMMARY})"
+    if not path.is_dir():
+        raise FileNotFoundError(f"no run folder at {path}: expected {expected}")
+    if not (path / METRICS).is_file():
+        raise FileNotFoundError(f"{path} has no {METRICS}: expected {expected}")
+    arrays = [
+        {
+            k: int(v) if k == "step" else np.asarray(restore(v), dtype=np.float64)
+            for k, v in row.items()
+        }
+        for row in read_jsonl(path / ARRAYS)
+        if "step" in row
+    ]
+    return Run(
+        path=path,
+        config=_read_json(path / CONFIG),
+        metrics=[restore(r) for r in read_jsonl(path / METRICS) if "step" in r],
+        arrays=arrays,
+        events=[restore(r) for r in read_jsonl(path / EVENTS)],
+        summary=_read_json(path / SUMMARY),
+    )
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; lines that do not parse (a killed writer's last, cut
+    line) are skipped with one warning. A missing file reads as empty."""
+    if not path.is_file():
+        return []
+    rows, bad = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                bad.append(lineno)
+                continue
+            if isinstance(obj, dict):
+                rows.append(obj)
+            else:
+                bad.append(lineno)
+    if bad:
+        warnings.warn(
+            f"dynmon: skipped {len(bad)} unreadable line(s) of {path} (line {bad[:5]}); a writer "
+            "killed mid-line leaves a cut last line",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        warnings.warn(f"dynmon: {path} is not valid JSON ({exc}); ignored", RuntimeWarning, 3)
+        return {}
+    return restore(obj) if isinstance(obj, dict) else {}
+
+
+# -- naming a new run -----------------------------------------------------------------------------
+def new_run_dir(root: str | Path = "runs", prefix: str | None = None) -> Path:
+    """Create and return a fresh ``root/[prefix-]YYYYmmdd-HHMMSS[-n]`` folder (unique even when
+    several runs start within the same second)."""
+    root = Path(root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = f"{prefix}-{stamp}" if prefix else stamp
+    for n in itertools.count():
+        candidate = root / (base if n == 0 else f"{base}-{n}")
+        try:
+            candidate.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")

@@ -1,0 +1,44 @@
+"""Where monitor output goes: the local run folder (default), W&B, and later TensorBoard."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from dynmon.sinks.base import Sink
+from dynmon.sinks.local import RunFolderSink
+from dynmon.sinks.wandb import WandbSink
+
+__all__ = ["RunFolderSink", "Sink", "WandbSink", "make_sink"]
+
+SPECS = ("local", "wandb", "tensorboard")
+
+
+def make_sink(spec: str | Sink, run_dir: str | Path) -> Sink:
+    """Turn ``"local"``, ``"wandb"`` or a Sink instance into a sink writing for ``run_dir``.
+
+    ``"wandb"`` starts a run named after the run folder (project ``WANDB_PROJECT`` or ``dynmon``,
+    files under ``WANDB_DIR`` or the run folder) or joins the active ``wandb.run``.
+    """
+    if isinstance(spec, str):
+        name = spec.strip().lower()
+        run_dir = Path(run_dir)
+        if name == "local":
+            return RunFolderSink(run_dir)
+        if name == "wandb":
+            return WandbSink(
+                project=None if os.environ.get("WANDB_PROJECT") else "dynmon",
+                name=run_dir.resolve().name,
+                dir=None if os.environ.get("WANDB_DIR") else run_dir,
+            )
+        if name == "tensorboard":
+            raise NotImplementedError(
+                "the TensorBoard sink is planned but not implemented yet; use sinks=['local'] "
+                "or ['local', 'wandb'], or pass your own object with the Sink methods"
+            )
+    elif isinstance(spec, Sink):
+        return spec
+    raise ValueError(
+        f"unknown sink {spec!r}: use one of {list(SPECS)} or an object with the Sink methods "
+        "(write_config, write, write_event, write_summary, close)"
+    )

@@ -1,0 +1,137 @@
+"""Reading a run folder back: series alignment, the NaN convention, cut lines, naming new runs."""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dynmon.runfolder import jsonable, load_run, new_run_dir, restore
+
+
+def _write(path: Path, rows: list, raw_tail: str = "") -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + raw_tail)
+
+
+def test_series_skips_absent_steps_sorts_and_keeps_the_last_write(tmp_path):
+    _write(
+        tmp_path / "metrics.jsonl",
+        [
+            {"step": 0, "loss": 3.0},
+            {"step": 1, "loss": 2.0, "acc": 0.1},
+            {"step": 2, "loss": 1.5},
+            {"step": 1, "loss": 2.5},  # a resumed run re-logs step 1
+            {"step": 3, "acc": "NaN", "loss": None},
+        ],
+    )
+    run = load_run(tmp_path)
+    steps, loss = run.series("loss")
+    assert steps.tolist() == [0, 1, 2, 3] and steps.dtype == np.int64
+    assert loss[:3].tolist() == [3.0, 2.5, 1.5] and math.isnan(loss[3])
+    steps, acc = run.series("acc")
+    assert steps.tolist() == [1, 3] and acc[0] == 0.1 and math.isnan(acc[1])
+    assert run.keys() == ["loss", "acc"]
+    empty_steps, empty = run.series("missing")
+    assert empty_steps.shape == (0,) and empty.shape == (0,)
+    assert run.config == {} and run.events == [] and run.summary == {}
+    assert run.name == tmp_path.name
+
+
+def test_array_series_stacks_steps(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    _write(
+        tmp_path / "arrays.jsonl",
+        [
+            {"step": 10, "a": [[1, 2], [3, "NaN"]], "b": [1, 2, 3]},
+            {"step": 5, "a": [[0, 0], [0, "-Infinity"]]},
+        ],
+    )
+    run = load_run(tmp_path)
+    steps, a = run.array_series("a")
+    assert steps.tolist() == [5, 10] and a.shape == (2, 2, 2)
+    assert a[0, 1, 1] == -math.inf and math.isnan(a[1, 1, 1]) and a[1, 0, 1] == 2
+    steps, b = run.array_series("b")
+    assert steps.tolist() == [10] and b.shape == (1, 3)
+    assert run.array_names() == ["a", "b"]
+    assert run.array_series("none")[0].shape == (0,)
+
+
+def test_array_series_refuses_changing_shapes(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    _write(tmp_path / "arrays.jsonl", [{"step": 0, "a": [1, 2]}, {"step": 1, "a": [1, 2, 3]}])
+    with pytest.raises(ValueError, match="changes shape"):
+        load_run(tmp_path).array_series("a")
+
+
+def test_cut_last_line_is_skipped_with_a_warning(tmp_path):
+    _write(tmp_path / "metrics.jsonl", [{"step": 0, "loss": 1.0}], raw_tail='{"step": 1, "lo')
+    with pytest.warns(RuntimeWarning, match="skipped 1 unreadable line"):
+        run = load_run(tmp_path)
+    assert [r["step"] for r in run.metrics] == [0]
+
+
+def test_python_nan_tokens_also_read_back(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0, "loss": NaN, "g": Infinity}\n')
+    run = load_run(tmp_path)
+    assert math.isnan(run.series("loss")[1][0]) and run.series("g")[1][0] == math.inf
+
+
+def test_missing_folder_or_metrics_file_says_what_was_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no run folder.*metrics.jsonl"):
+        load_run(tmp_path / "absent")
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="has no metrics.jsonl"):
+        load_run(tmp_path)
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+@dataclass(frozen=True)
+class Cfg:
+    lr: float = 1e-3
+    path: Path = Path("/data/x")
+    color: Color = Color.RED
+    shape: tuple = (2, 4)
+
+
+def test_jsonable_covers_configs_and_tensors():
+    out = jsonable(
+        {
+            "cfg": Cfg(),
+            1: np.float32(0.5),
+            "t": torch.tensor([1.0, float("nan")]),
+            "i": torch.tensor([1, 2]),
+            "b": np.bool_(True),
+            "n": np.int64(3),
+            "s": {3, 1},
+            "a": np.array([[np.inf, 1.0]]),
+            "f": len,
+            "cls": Cfg,
+        }
+    )
+    assert out["cfg"] == {"lr": 1e-3, "path": "/data/x", "color": "red", "shape": [2, 4]}
+    assert out["1"] == 0.5 and out["t"] == [1.0, "NaN"] and out["i"] == [1, 2]
+    assert out["b"] is True and out["n"] == 3 and out["s"] == [1, 3]
+    assert out["a"] == [["Infinity", 1.0]] and out["f"].startswith("<built-in")
+    assert out["cls"].endswith("test_runfolder.Cfg")
+    json.dumps(out, allow_nan=False)  # strict JSON
+    back = restore(out)
+    assert math.isnan(back["t"][1]) and back["a"][0][0] == math.inf
+
+
+def test_new_run_dir_is_unique_and_timestamped(tmp_path):
+    made = [new_run_dir(tmp_path) for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
+    assert re.fullmatch(r"\d{8}-\d{6}", made[0].name)
+    assert all(re.fullmatch(r"\d{8}-\d{6}(-\d+)?", p.name) for p in made)
+    named = new_run_dir(tmp_path / "deeper", prefix="grokking-quick")
+    assert named.parent == tmp_path / "deeper" and named.name.startswith("grokking-quick-")
