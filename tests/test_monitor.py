@@ -265,3 +265,14 @@ def test_inactive_rank_writes_nothing(tmp_path):
     mon.step(0, loss=1.0)
     mon.close()
     assert not (tmp_path / "r1").exists()
+
+
+def test_look_restores_thread_count(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        mon = dynmon.Monitor(TinyLM(), run_dir=tmp_path, schedule=[0], strict=True)
+        mon.step(0)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
