@@ -182,8 +182,15 @@ def _user_keys(run: Run) -> list[str]:
 
 
 def _events(run: Run) -> list[dict[str, Any]]:
-    events = [e for e in run.events if isinstance(e.get("step"), (int, float))]
-    return sorted(events, key=lambda e: e["step"])
+    """Events placed where they happened, not where they were detected: a plateau at its
+    ``start``/``end``, anything else at ``at`` (detectors report ``step`` = detection time)."""
+    placed = []
+    for e in run.events:
+        field = {"plateau_start": "start", "plateau_end": "end"}.get(e.get("kind"), "at")
+        where = e.get(field, e.get("at", e.get("step")))
+        if isinstance(where, (int, float)):
+            placed.append({**e, "step": where})
+    return sorted(placed, key=lambda e: e["step"])
 
 
 # -- drawing helpers ------------------------------------------------------------------------------

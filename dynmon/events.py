@@ -1,0 +1,1118 @@
+"""Online event detection on logged scalars: plateaus, cliffs, onsets, saturation, grokking.
+
+Every detector follows one small protocol (:class:`Detector`): the Monitor calls
+``update(step, values)`` on each ``monitor.step`` with the scalars logged at that step (a
+detector ignores steps that lack its keys), ``finalize(step)`` at ``close()``, and saves and
+restores it with ``state_dict()`` / ``load_state_dict()``. Each returns events: plain dicts with
+
+* ``step``: the step at which the event was detected (the step being logged when it fired);
+* ``at``: the step the event is about (plateau start or end, steepest point of a cliff, start
+  of a take-off, first step of a run at or above a threshold), never after ``step``;
+* ``kind``, ``key``, ``value`` (the level or value the event is about) and a human ``message``,
+  plus kind-specific fields (``start``, ``end``, ``level``, ``from``, ``to``, ``size``...).
+
+Kinds: ``plateau_start``, ``plateau_end``, ``cliff`` (a fast drop), ``rise`` (a fast rise of a
+loss), ``nan`` (first non-finite value), ``onset`` (a take-off), ``saturation``,
+``memorization``, ``grokking`` and ``generalization`` (test accuracy reached the threshold
+without a long delay after training accuracy).
+
+Memory is bounded: the trend detectors keep the last ``2 × window`` logs and O(1) state besides,
+however many steps they see. The segmentation is in ``_Trend``; the detectors only word events.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "Detector",
+    "PlateauConfig",
+    "OnsetConfig",
+    "PlateauCliffDetector",
+    "OnsetDetector",
+    "SaturationDetector",
+    "GrokkingDetector",
+    "default_detectors",
+]
+
+STATE_VERSION = 1
+SLOWED = 0.2  # a move is over once its rate fell below this share of its peak rate
+SETTLE_Z = 2.0  # ... with this many standard errors of confidence when judged on half a window
+SLOW_LOGS = 3  # consecutive slow windows that end a move
+PAST_PEAK = 0.9  # a move may settle once its windowed change fell below this share of its peak
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the Monitor calls: one detector watches the scalars named in ``keys``."""
+
+    keys: tuple[str, ...]
+
+    def update(self, step: int, values: Mapping[str, float]) -> list[dict]: ...
+
+    def finalize(self, step: int) -> list[dict]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlateauConfig:
+    """Plateau and cliff detection on a loss-like scalar (tolerances are per smoothing window).
+
+    ``window`` logs form the smoothing window: a least-squares line over them gives the level and
+    the change across the window. A window is *flat* when that change is within ``flat_tol`` and
+    a *fast move* when it exceeds ``fast_tol``, each bound raised to ``z_flat`` / ``z_fast``
+    standard errors of the change (from a running, outlier-proof noise estimate), so noise alone
+    neither breaks a plateau nor fakes a cliff. Slopes use the step numbers, so irregular
+    logging is fine.
+
+    * A plateau starts with a flat window (and lasts ``min_length`` steps before it is
+      announced), back-dated by a CUSUM to where the level arrived. It ends when the level of
+      the last quarter window has left it by ``drift_tol`` (a fast move alone, such as a noise
+      burst that comes back, does not end it), back-dated to where the departure began.
+    * A move is over once the level has held for half a window after its steepest point, or its
+      rate fell below a fifth of its peak; a fast drop of at least ``min_drop`` is a *cliff*,
+      reported then: within one window after the drop ends (for a drop sharper than the window,
+      within one window of its steepest point). Plateau starts come within about one window of
+      the end of the drop before them, plateau ends within half a window of the departure.
+    * A drop much slower than the window (noisy losses) shows as a drift: raise ``window``.
+
+    With ``log_scale`` (losses spanning decades) the series is ln(value + floor) and the
+    tolerances are in log units (≈ fractions of the value); the floor, ``log_floor`` times the
+    first value logged, keeps a loss that heads for zero (memorisation, float underflow) from
+    falling forever on the log scale; values at or below −floor are skipped. Without it the
+    tolerances are fractions of the current level (``relative``) or in the value's units.
+    ``min_drop`` is a fraction of the level before the drop (value units if not ``relative``).
+    """
+
+    window: int = 50
+    min_length: int = 0
+    flat_tol: float = 0.03
+    fast_tol: float = 0.05
+    drift_tol: float = 0.1
+    min_drop: float = 0.1
+    z_flat: float = 2.0
+    z_fast: float = 4.0
+    log_scale: bool = True
+    log_floor: float = 1e-3
+    relative: bool = True
+    report_rises: bool = True
+
+    def __post_init__(self) -> None:
+        _check_trend_config(self)
+        if not 0.0 < self.min_drop < (1.0 if self.log_scale or self.relative else math.inf):
+            raise ValueError(f"min_drop must be a fraction in (0, 1), got {self.min_drop}")
+        if self.min_length < 0:
+            raise ValueError(f"min_length must be >= 0, got {self.min_length}")
+
+
+@dataclass(frozen=True)
+class OnsetConfig:
+    """Take-off detection on a rising scalar such as an accuracy (tolerances in its units).
+
+    An onset is a fast rise (fitted change over ``window`` logs above ``fast_tol`` and ``z_fast``
+    standard errors) that has climbed at least ``min_rise`` above the level it left; it is
+    emitted as soon as that is known, with ``at`` where the rise began. After an onset the next
+    one needs a plateau or a fall in between. Accuracies logged in percent are recognised (a
+    value above 1) and the tolerances scaled by 100.
+    """
+
+    window: int = 10
+    min_rise: float = 0.1
+    flat_tol: float = 0.01
+    fast_tol: float = 0.02
+    drift_tol: float = 0.05
+    z_flat: float = 2.0
+    z_fast: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check_trend_config(self)
+        if self.min_rise <= 0:
+            raise ValueError(f"min_rise must be positive, got {self.min_rise}")
+
+
+def _check_trend_config(c: PlateauConfig | OnsetConfig) -> None:
+    if c.window < 4:
+        raise ValueError(f"window must be at least 4 logs, got {c.window}")
+    if not 0 < c.flat_tol <= c.fast_tol:
+        raise ValueError(f"need 0 < flat_tol <= fast_tol, got {c.flat_tol} and {c.fast_tol}")
+    if c.drift_tol <= 0 or not 0 <= c.z_flat <= c.z_fast:
+        raise ValueError("need drift_tol > 0 and 0 <= z_flat <= z_fast")
+
+
+# -- the segmentation engine ------------------------------------------------------------------
+
+
+class _Trend:
+    """Streaming segmentation of one series into plateaus and fast moves (bounded memory).
+
+    Keeps the last ``2 × window`` points in a ring and running sums over the last ``window``
+    (re-anchored every ``window`` points against rounding drift), so an update is O(1); the
+    change-point estimates run over the ring only when an event fires. ``update`` returns
+    internal records: ``("plateau_start", info)``, ``("plateau_end", info)``,
+    ``("move_start", info)``, ``("move_end", info)``; levels are in the transformed units y.
+    """
+
+    def __init__(
+        self,
+        window: int,
+        flat_tol: float,
+        fast_tol: float,
+        drift_tol: float,
+        z_flat: float,
+        z_fast: float,
+        min_length: int = 0,
+        relative: bool = False,
+        min_move: float = math.inf,
+    ) -> None:
+        self.W, self.C = int(window), 2 * int(window)
+        self.flat_tol, self.fast_tol, self.drift_tol = flat_tol, fast_tol, drift_tol
+        self.z_flat, self.z_fast = z_flat, z_fast
+        self.min_length, self.relative, self.min_move = int(min_length), relative, min_move
+        self.unit = 1.0  # multiplies the tolerances (100 for an accuracy logged in percent)
+        self.ts = [0.0] * self.C
+        self.ys = [0.0] * self.C
+        self.n = 0  # points pushed so far (the ring holds the last min(n, C))
+        self.t0 = self.y0 = 0.0  # anchors of the running sums
+        self.s = [0.0] * 5  # Σu, Σv, Σuu, Σuv, Σvv over the window, u = t − t0, v = y − y0
+        self.since = 0  # pushes since the sums were last recomputed
+        self.noise: float | None = None  # robust running estimate of the point noise σ
+        self.noise_init: list[float] = []  # first ``window`` normalised residuals (warm-up)
+        self.plateau: dict[str, Any] | None = None
+        self.move: dict[str, Any] | None = None
+        self.calm: dict[str, float] | None = None  # level a new move leaves from
+        self.last_plateau: dict[str, Any] | None = None  # the plateau that ended last
+        self.last_move_end: float | None = None
+        self.last_sign = 0.0  # direction of the last move
+        self.q = max(3, self.W // 4)  # points in the short level estimate
+
+    # - ring and running sums -
+    def _push(self, t: float, y: float) -> None:
+        W, C = self.W, self.C
+        if self.n >= W:  # the oldest point leaves the window
+            k = (self.n - W) % C
+            self._add(self.ts[k], self.ys[k], -1.0)
+        self.ts[self.n % C], self.ys[self.n % C] = t, y
+        self.n += 1
+        self._add(t, y, 1.0)
+        self.since += 1
+        if self.since >= W:
+            self._recompute()
+        if self.n >= 3:
+            self._update_noise()
+
+    def _update_noise(self) -> None:
+        """Noise from the point-to-chord residual of each middle point of three (trend-free).
+
+        r = y₂ − (h₊y₁ + h₋y₃)/(h₋ + h₊) has variance σ²(1 + (h₋² + h₊²)/(h₋ + h₊)²) for iid
+        noise on any grid, and a jump or a bend touches only one or two residuals. σ is
+        estimated from the mean |r| (× √(π/2)), which heavy-tailed SGD noise biases far less
+        than a median would: the first ``window`` residuals give the start, then an EMA over
+        about four windows of residuals clipped at 5σ (plus the flat tolerance, so that a
+        noiseless start can still grow).
+        """
+        i1, i2, i3 = ((self.n - k) % self.C for k in (3, 2, 1))
+        t1, t2, t3 = self.ts[i1], self.ts[i2], self.ts[i3]
+        hm, hp = t2 - t1, t3 - t2
+        chord = (hp * self.ys[i1] + hm * self.ys[i3]) / (hm + hp)
+        r = abs(self.ys[i2] - chord) / math.sqrt(1.0 + (hm * hm + hp * hp) / (hm + hp) ** 2)
+        r *= math.sqrt(math.pi / 2.0)  # E|r| = σ√(2/π) for Gaussian noise
+        if self.noise is None:
+            self.noise_init.append(r)
+            if len(self.noise_init) >= self.W:
+                self.noise, self.noise_init = _clipped_mean(self.noise_init), []
+            return
+        cap = 5.0 * self.noise + self._tol(self.flat_tol, self.ys[i2])
+        self.noise += (min(r, cap) - self.noise) * 2.0 / (4 * self.W + 1)
+
+    def sigma(self) -> float:
+        """The current noise estimate (standard deviation of one point)."""
+        if self.noise is not None:
+            return self.noise
+        return _clipped_mean(self.noise_init) if self.noise_init else 0.0
+
+    def _add(self, t: float, y: float, sign: float) -> None:
+        u, v = t - self.t0, y - self.y0
+        s = self.s
+        s[0] += sign * u
+        s[1] += sign * v
+        s[2] += sign * u * u
+        s[3] += sign * u * v
+        s[4] += sign * v * v
+
+    def _recompute(self) -> None:
+        """Re-anchor at the window's first point and sum afresh (kills accumulated rounding)."""
+        ts, ys = self.window_points()
+        self.t0, self.y0 = ts[0], ys[0]
+        self.s = [0.0] * 5
+        for t, y in zip(ts, ys, strict=True):
+            self._add(t, y, 1.0)
+        self.since = 0
+
+    def points(self, m: int | None = None) -> tuple[list[float], list[float]]:
+        """The last ``m`` points of the ring (all it holds when None), oldest first."""
+        have = min(self.n, self.C)
+        m = have if m is None else min(m, have)
+        idx = [(self.n - m + j) % self.C for j in range(m)]
+        return [self.ts[i] for i in idx], [self.ys[i] for i in idx]
+
+    def window_points(self) -> tuple[list[float], list[float]]:
+        return self.points(self.W)
+
+    def fit(self) -> dict[str, float]:
+        """Least-squares line over the window: level, change across it and their errors."""
+        W = min(self.n, self.W)
+        su, sv, suu, suv, _ = self.s
+        ub, vb = su / W, sv / W
+        sxx = max(suu - W * ub * ub, 1e-300)
+        sxy = suv - W * ub * vb
+        b = sxy / sxx
+        sigma = self.sigma()
+        var = sigma * sigma
+        t_first = self.ts[(self.n - W) % self.C]
+        t_last = self.ts[(self.n - 1) % self.C]
+        span = t_last - t_first
+        tbar = self.t0 + ub
+        mean = self.y0 + vb
+        dt = t_last - tbar
+        return {
+            "mean": mean,
+            "tbar": tbar,
+            "span": span,
+            "t_first": t_first,
+            "t_last": t_last,
+            "delta": b * span,
+            "se_delta": math.sqrt(var / sxx) * span,
+            "end": mean + b * dt,
+            "se_end": math.sqrt(var * (1.0 / W + dt * dt / sxx)),
+            "sigma": sigma,
+        }
+
+    # - thresholds -
+    def _tol(self, tol: float, level: float) -> float:
+        return tol * (max(abs(level), 1e-12) if self.relative else self.unit)
+
+    # - change-point estimates (O(ring) and only when an event fires) -
+    def _departure(self, mu: float, sign: float, t_min: float, kappa: float) -> float:
+        """Page's CUSUM from ``t_min``: the step after its last zero is where the move began."""
+        ts, ys = self.points()
+        s, start = 0.0, None
+        for t, y in zip(ts, ys, strict=True):
+            if t < t_min:
+                continue
+            if start is None:
+                start = t
+            s = max(0.0, s + sign * (y - mu) - kappa)
+            if s == 0.0:
+                start = None
+        return start if start is not None else ts[-1]
+
+    def _arrival(self, mu: float, sign: float, t_min: float, kappa: float, h: float) -> float:
+        """Backward CUSUM: the earliest step of the latest run consistent with level ``mu``.
+
+        ``sign`` is +1 when the points before the arrival lay above ``mu``. Walking back from
+        the newest point (not before ``t_min``), the run ends where the CUSUM of
+        ``sign·(y − mu) − kappa`` exceeds ``h``; the arrival is the CUSUM's last zero before that.
+        """
+        ts, ys = self.points()
+        s, earliest, last_zero = 0.0, ts[-1], ts[-1]
+        for t, y in zip(reversed(ts), reversed(ys), strict=True):
+            if t < t_min:
+                break
+            s = max(0.0, s + sign * (y - mu) - kappa)
+            if s > h:
+                return last_zero
+            if s == 0.0:
+                last_zero = t
+            earliest = t
+        return earliest
+
+    # - the state machine -
+    def short_mean(self) -> float:
+        """Mean of the last ``q`` points: the current level, robust to a jump inside the window."""
+        _, ys = self.points(self.q)
+        return sum(ys) / len(ys)
+
+    def update(self, t: float, y: float) -> list[tuple[str, dict[str, Any]]]:
+        """Add one point; return the segment boundaries it reveals."""
+        self._push(t, y)
+        if self.n < self.W:
+            return []
+        f = self.fit()
+        out: list[tuple[str, dict[str, Any]]] = []
+        level = f["mean"]
+        fast = max(self._tol(self.fast_tol, level), self.z_fast * f["se_delta"])
+        flat = max(self._tol(self.flat_tol, level), self.z_flat * f["se_delta"])
+        direction = 1.0 if f["delta"] > 0 else -1.0
+        change = abs(f["delta"])
+        kappa = max(self._tol(self.flat_tol, level), f["sigma"]) / 2.0
+        # a move just ended leaves its step inside the window for a while: not a new move
+        echo = (
+            self.last_move_end is not None
+            and f["t_first"] <= self.last_move_end
+            and direction == self.last_sign
+        )
+        mv = self.move
+        if mv is not None:
+            going = direction == mv["sign"] and change > max(flat, min(SLOWED * mv["peak"], fast))
+            mv["slow"] = 0 if going else mv["slow"] + 1
+            if going:
+                if change > mv["peak"]:
+                    mv["peak"], mv["steepest"], mv["peak_span"] = change, f["tbar"], f["span"]
+                mv["extreme"] = f["end"]
+            settled = None
+            if change < PAST_PEAK * mv["peak"]:  # the steepest point is behind us
+                settled = self._settled(mv, f["sigma"])
+            turned = direction != mv["sign"] and change > fast
+            if settled is not None:  # the level has held for half a window: over
+                out.extend(self._end_move(f, kappa, settled))
+            elif turned or mv["slow"] >= SLOW_LOGS:  # slowed to a fifth of its peak (or flat)
+                out.extend(self._end_move(f, kappa))
+                if turned:
+                    out.append(self._start_move(f, direction, kappa))
+        elif change > fast and not echo:
+            out.append(self._start_move(f, direction, kappa))
+        if self.move is None:
+            lv = self.short_mean() if echo else f["end"]
+            self.calm = {"level": lv, "t_first": f["t_first"]}
+        if self.plateau is not None:
+            out.extend(self._check_plateau(f, y, kappa))
+        elif self.move is None and change <= self._flat_after_drift(flat, direction, level, f):
+            out.extend(self._start_plateau(f, kappa))
+        return out
+
+    def _flat_after_drift(self, flat: float, direction: float, level: float, f: dict) -> float:
+        """The flat bound, a third as wide while the level drifts on from a plateau left by drift.
+
+        Without it a slow, steady decline (a power law late in training, the slow escape from a
+        plateau) would be cut into a chain of short plateaus, one per ``drift_tol``.
+        """
+        lp = self.last_plateau
+        if lp is None or lp["reason"] != "drift" or lp["sign"] != direction:
+            return flat
+        if self.last_move_end is not None and self.last_move_end >= lp["end"]:
+            return flat  # a move came in between: that drift is over
+        return max(self._tol(self.flat_tol, level) / 3.0, self.z_flat * f["se_delta"])
+
+    def _settled(self, mv: dict[str, Any], sigma: float) -> tuple | None:
+        """(end, level) when the points since the steepest step end in a flat run of ≥ W/2 logs.
+
+        Walks back from the newest point with a CUSUM (allowance σ/2, threshold 4σ) of the
+        deviations towards where the move came from (capped at 3σ: one outlier cannot end the
+        run), relative to the mean of the last ``q`` points: the run is the stretch after its
+        last zero before it exceeds the threshold. The run's own slope must then be, with
+        ``SETTLE_Z`` standard errors to spare, below ``SLOWED`` of the move's peak rate. Only
+        asked once the windowed change fell below ``PAST_PEAK`` of its peak, so an accelerating
+        move never settles early.
+        """
+        ts, ys = self.points(self.W)
+        to = sum(ys[-self.q :]) / self.q
+        # noise-scaled allowance (not the flat tolerance): a slow move must break the run
+        sign, kappa, h = -mv["sign"], sigma / 2.0, 4.0 * sigma
+        cap = 3.0 * sigma if sigma > 0 else math.inf  # one outlier cannot end the run
+        acc, first = 0.0, len(ts) - 1
+        for i in range(len(ts) - 1, -1, -1):
+            if ts[i] < mv["steepest"]:
+                break  # the run reaches back to the steepest point
+            acc = max(0.0, acc + min(sign * (ys[i] - to), cap) - kappa)
+            if acc == 0.0:
+                first = i
+            elif acc > h:
+                break
+        m = len(ts) - first
+        if m < self.W // 2:
+            return None
+        tp, post = ts[first:], ys[first:]
+        tm, ym = sum(tp) / m, sum(post) / m
+        sxx = sum((t - tm) ** 2 for t in tp)
+        slope = sum((t - tm) * (y - ym) for t, y in zip(tp, post, strict=True)) / sxx
+        # settled only if the run's slope is, with confidence, below a fifth of the peak rate
+        rate = mv["peak"] / max(mv["peak_span"], 1e-300)
+        if max(-sign * slope, 0.0) + SETTLE_Z * sigma / math.sqrt(sxx) > SLOWED * rate:
+            return None
+        return ts[first], ym
+
+    def _start_plateau(self, f: dict[str, float], kappa: float) -> list:
+        """A flat window: open a plateau at the earliest point consistent with its level."""
+        ts, ys = self.points()
+        t_min = ts[0]  # the ring reaches up to one window further back
+        if self.last_move_end is not None:
+            t_min = max(t_min, self.last_move_end)
+        if self.last_plateau is not None:
+            t_min = max(t_min, self.last_plateau["end"])
+        if self.n <= self.C and self.last_move_end is None and self.last_plateau is None:
+            return self._open_plateau(ts[0], f)  # flat from the first log on
+        before = [y for t, y in zip(ts, ys, strict=True) if t_min <= t < f["t_first"]]
+        sign = 1.0 if before and sum(before) / len(before) > f["mean"] else -1.0
+        h = 4.0 * max(kappa, f["sigma"])
+        start = self._arrival(f["mean"], sign, t_min, kappa, h)
+        return self._open_plateau(start, f)
+
+    def _open_plateau(self, start: float, f: dict[str, float]) -> list:
+        ts, ys = self.points()
+        pts = [y for t, y in zip(ts, ys, strict=True) if t >= start]
+        self.plateau = {
+            "start": start,
+            "sum": sum(pts),
+            "count": len(pts),
+            "announced": False,
+            "last": f["t_last"],
+        }
+        return self._announce(f)
+
+    def _announce(self, f: dict[str, float]) -> list:
+        p = self.plateau
+        assert p is not None
+        if p["announced"] or f["t_last"] - p["start"] < self.min_length:
+            return []
+        p["announced"] = True
+        level = p["sum"] / p["count"]
+        return [("plateau_start", {"start": p["start"], "level": level, "span": f["span"]})]
+
+    def _check_plateau(self, f: dict[str, float], y: float, kappa: float) -> list:
+        """Extend the plateau (not while a move is under way) or end it once its level moved.
+
+        A fast move alone does not end a plateau: a noise burst or a small dip that comes
+        back must not split it. It ends when the level of the last ``q`` points has left it by
+        ``drift_tol`` (and ``z_fast`` standard errors), or when a move that started on it ends
+        ``min_move`` away.
+        """
+        p = self.plateau
+        assert p is not None
+        if self.move is None:
+            p["sum"] += y
+            p["count"] += 1
+            p["last"] = f["t_last"]
+        level = p["sum"] / p["count"]
+        now = self.short_mean()
+        drift = max(self._tol(self.drift_tol, level), self.z_fast * f["sigma"] / self.q**0.5)
+        if abs(now - level) > drift:
+            sign = 1.0 if now > level else -1.0
+            moving = self.move is not None and self.move["sign"] == sign
+            reason = ("rise" if sign > 0 else "cliff") if moving else "drift"
+            return self._end_plateau(sign, kappa, reason)
+        return self._announce(f) if self.move is None else []
+
+    def _end_plateau(self, sign: float, kappa: float, reason: str) -> list:
+        p = self.plateau
+        assert p is not None
+        level = p["sum"] / p["count"]
+        end = self._departure(level, sign, p["start"], kappa)
+        self.plateau = None
+        self.last_plateau = {"level": level, "end": end, "n": self.n, "used": False}
+        self.last_plateau.update(reason=reason, sign=sign)
+        if self.move is not None and self.move["from_plateau"]:
+            self.move["start"] = end  # the move began where the plateau ended
+            self.last_plateau["used"] = True
+        if not p["announced"]:
+            return []
+        info = {"start": p["start"], "end": end, "level": level, "reason": reason}
+        return [("plateau_end", info)]
+
+    def _start_move(self, f: dict[str, float], sign: float, kappa: float) -> tuple[str, dict]:
+        """A fast window: a move starts, from the plateau, the one just left, or the calm level."""
+        lp = self.last_plateau
+        on_plateau = self.plateau is not None
+        drifting = (  # a slow escape from a plateau is the start of this move
+            lp is not None
+            and lp["reason"] == "drift"
+            and lp["sign"] == sign
+            and (self.last_move_end is None or self.last_move_end < lp["end"])
+        )
+        if self.plateau is not None:
+            base = self.plateau["sum"] / self.plateau["count"]
+            start = self._departure(base, sign, self.plateau["start"], kappa)
+        elif lp is not None and not lp["used"] and (self.n - lp["n"] <= self.W or drifting):
+            base, start = lp["level"], lp["end"]  # leaving the plateau that just ended
+            lp["used"] = True
+        elif self.calm is not None:
+            base = self.calm["level"]
+            start = self._departure(base, sign, self.calm["t_first"], kappa)
+        else:  # fast from the first window on
+            ts, ys = self.window_points()
+            base, start = ys[0], ts[0]
+        self.move = {
+            "sign": sign,
+            "from": base,
+            "start": start,
+            "peak": abs(f["delta"]),
+            "peak_span": f["span"],
+            "steepest": f["tbar"],
+            "extreme": f["end"],
+            "from_plateau": on_plateau,
+            "slow": 0,  # consecutive windows slower than the move's continuation bound
+        }
+        return ("move_start", dict(self.move))
+
+    def _end_move(self, f: dict[str, float], kappa: float, settled: tuple | None = None) -> list:
+        """The move is over: its end level and step, the plateau it ended or the one it starts.
+
+        ``settled`` (end, level) comes from :meth:`_settled`: the new level has held for half a
+        window, so a plateau opens there at once; otherwise the move merely slowed down.
+        """
+        mv = self.move
+        assert mv is not None
+        if settled is not None:
+            end, to = settled
+        else:
+            ts, ys = self.points(max(self.W // 2, 2))
+            to = sum(ys) / len(ys)
+            h = 4.0 * max(kappa, f["sigma"])
+            end = self._arrival(to, -mv["sign"], mv["steepest"], kappa, h)
+        out: list = []
+        p = self.plateau
+        if p is not None and abs(to - p["sum"] / p["count"]) >= self._tol(self.min_move, to):
+            reason = "rise" if mv["sign"] > 0 else "cliff"
+            out.extend(self._end_plateau(mv["sign"], kappa, reason))
+        mv["steepest"] = min(max(mv["steepest"], mv["start"]), end)
+        self.move = None
+        self.last_move_end, self.last_sign = end, mv["sign"]
+        self.calm = {"level": to, "t_first": end}  # the next move leaves from here
+        out.append(("move_end", {**mv, "to": to, "end": end}))
+        if settled is not None and self.plateau is None:
+            out.extend(self._open_plateau(end, f))
+        return out
+
+    def open_move(self) -> dict[str, Any] | None:
+        """The move in progress, with the latest fitted level as its provisional end."""
+        if self.move is None:
+            return None
+        ts, ys = self.points(max(self.W // 2, 2))
+        return {**self.move, "to": sum(ys) / len(ys), "end": ts[-1]}
+
+    def state_dict(self) -> dict[str, Any]:
+        keys = ("n", "t0", "y0", "s", "since", "plateau", "move", "calm", "last_plateau")
+        keys += ("noise", "noise_init")
+        state = {k: _copy(getattr(self, k)) for k in keys}
+        state.update(ts=list(self.ts), ys=list(self.ys), unit=self.unit)
+        state["last_move_end"], state["last_sign"] = self.last_move_end, self.last_sign
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if len(state["ts"]) != self.C:
+            raise ValueError(f"saved ring holds {len(state['ts'])} points, this one {self.C}")
+        for k, v in state.items():
+            setattr(self, k, _copy(v))
+
+
+def _clipped_mean(xs: list[float]) -> float:
+    """Mean after clipping at five times the median (a robust start for the noise estimate)."""
+    cap = 5.0 * sorted(xs)[len(xs) // 2]
+    return sum(min(x, cap) for x in xs) / len(xs)
+
+
+def _copy(v: Any) -> Any:
+    """A deep copy of plain state (dicts, lists, numbers), so saved state never aliases."""
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+# -- wording ----------------------------------------------------------------------------------
+
+
+def _num(v: float) -> str:
+    """A value for a message: 3 significant digits."""
+    return f"{v:#.3g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
+
+
+def _step(t: float) -> int:
+    return int(round(t))
+
+
+class _ScalarDetector:
+    """Shared plumbing of the one-key detectors: reading the value, skipping repeated steps."""
+
+    keys: tuple[str, ...]
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.keys = (key,)
+        self.last_step: int | None = None
+
+    def _value(self, step: int, values: Mapping[str, float]) -> float | None:
+        """The value to use at this step, or None (key absent, or a step not after the last)."""
+        if self.key not in values:
+            return None
+        if self.last_step is not None and step <= self.last_step:
+            return None  # a replayed or out-of-order log: already seen
+        self.last_step = int(step)
+        return float(values[self.key])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r})"
+
+
+def _event(kind: str, key: str, step: int, at: float, value: float, message: str, **more: Any):
+    return {
+        "kind": kind,
+        "key": key,
+        "step": int(step),
+        "at": _step(at),
+        "value": value,
+        "message": message,
+        **more,
+    }
+
+
+class PlateauCliffDetector(_ScalarDetector):
+    """Plateaus, cliffs (fast drops) and rises of a loss-like scalar, online (see PlateauConfig).
+
+    Events: ``plateau_start`` (``start``, ``level``), ``plateau_end`` (``start``, ``end``,
+    ``level``, ``duration``, ``reason``; ``open`` at ``finalize`` for a plateau still running),
+    ``cliff`` (``at`` = steepest point, ``start``, ``end``, ``from``, ``to``, ``size`` = drop in
+    value, ``relative_size``), ``rise`` (the same for a fast rise, if ``report_rises``) and
+    ``nan`` (the first non-finite value). Steps may be irregular: slopes use the step numbers.
+    """
+
+    def __init__(self, key: str = "loss", config: PlateauConfig | None = None) -> None:
+        super().__init__(key)
+        self.config = cfg = config or PlateauConfig()
+        self._trend = _Trend(
+            cfg.window,
+            cfg.flat_tol,
+            cfg.fast_tol,
+            cfg.drift_tol,
+            cfg.z_flat,
+            cfg.z_fast,
+            cfg.min_length,
+            relative=cfg.relative and not cfg.log_scale,
+            min_move=-math.log1p(-cfg.min_drop) if cfg.log_scale else cfg.min_drop,
+        )
+        self._nan_seen = False
+        self.skipped = 0  # values that could not be used (non-finite, or ≤ −floor on a log scale)
+        self.floor: float | None = None  # log-scale offset, set by the first positive value
+
+    def _y(self, v: float) -> float | None:
+        """The value on the detector's scale, or None when it has no place there."""
+        if not self.config.log_scale:
+            return v
+        if self.floor is None:
+            if v <= 0:
+                return None
+            self.floor = self.config.log_floor * v
+        return math.log(v + self.floor) if v + self.floor > 0 else None
+
+    def _v(self, y: float) -> float:
+        return math.exp(y) - (self.floor or 0.0) if self.config.log_scale else y
+
+    def update(self, step: int, values: Mapping[str, float]) -> list[dict]:
+        """Feed one logged value; return the events it completes."""
+        v = self._value(step, values)
+        if v is None:
+            return []
+        y = self._y(v) if math.isfinite(v) else None
+        if y is None:
+            self.skipped += 1
+            if not math.isfinite(v) and not self._nan_seen:
+                self._nan_seen = True
+                msg = f"{self.key} became {v} at step {step:,}"
+                return [_event("nan", self.key, step, step, str(v), msg)]
+            return []
+        events: list[dict] = []
+        for kind, info in self._trend.update(float(step), y):
+            events.extend(self._word(kind, info, step))
+        return events
+
+    def _word(self, kind: str, info: dict[str, Any], step: int) -> list[dict]:
+        key, span = self.key, info.get("span")
+        if kind == "plateau_start":
+            s, lv = info["start"], self._v(info["level"])
+            msg = f"{key} plateau started at step {_step(s):,} at {_num(lv)}"
+            ev = _event(kind, key, step, s, lv, msg, start=_step(s), level=lv)
+            ev["window_steps"] = _step(span)
+            return [ev]
+        if kind == "plateau_end":
+            return [self._plateau_end(info, step, open_=False)]
+        if kind == "move_end":
+            return self._move(info, step, open_=False)
+        return []
+
+    def _plateau_end(self, info: dict[str, Any], step: int, open_: bool) -> dict:
+        s, e, lv = _step(info["start"]), _step(info["end"]), self._v(info["level"])
+        if open_:
+            msg = f"{self.key} plateau at {_num(lv)} since step {s:,} still open at step {e:,}"
+        else:
+            msg = f"{self.key} plateau at {_num(lv)} ended at step {e:,} (from step {s:,})"
+        ev = _event("plateau_end", self.key, step, e, lv, msg, start=s, end=e, level=lv)
+        ev.update(duration=e - s, reason=info.get("reason", "open"), open=open_)
+        return ev
+
+    def _move(self, info: dict[str, Any], step: int, open_: bool) -> list[dict]:
+        a, b = self._v(info["from"]), self._v(info["to"])
+        down = info["sign"] < 0
+        if self.config.log_scale or self.config.relative:
+            rel = (a - b) / abs(a) if a != 0 else math.inf
+        else:
+            rel = a - b
+        if (rel if down else -rel) < self.config.min_drop or not (down or self.config.report_rises):
+            return []
+        kind = "cliff" if down else "rise"
+        s, e, at = _step(info["start"]), _step(info["end"]), info["steepest"]
+        verb = "fell" if down else "rose"
+        msg = (
+            f"{self.key} {verb} {_num(a)} → {_num(b)} ({-rel:+.0%}) between steps {s:,} and "
+            f"{e:,} (steepest at {_step(at):,})" + (", still moving at close" if open_ else "")
+        )
+        ev = _event(kind, self.key, step, at, b, msg, start=s, end=e, to=b, size=a - b)
+        ev.update({"from": a, "relative_size": rel, "steepest": _step(at), "open": open_})
+        return [ev]
+
+    def finalize(self, step: int) -> list[dict]:
+        """At close: a plateau still running (``open``), or a move still in progress."""
+        tr = self._trend
+        events: list[dict] = []
+        if tr.plateau is not None and tr.plateau["announced"]:
+            p = tr.plateau
+            info = {"start": p["start"], "end": p["last"], "level": p["sum"] / p["count"]}
+            events.append(self._plateau_end(info, step, open_=True))
+        mv = tr.open_move()
+        if mv is not None:
+            events.extend(self._move(mv, step, open_=True))
+        return events
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "config": asdict(self.config),
+            "trend": self._trend.state_dict(),
+            "last_step": self.last_step,
+            "nan_seen": self._nan_seen,
+            "skipped": self.skipped,
+            "floor": self.floor,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_version(state, self)
+        self._trend.load_state_dict(state["trend"])
+        self.last_step = state["last_step"]
+        self._nan_seen = bool(state["nan_seen"])
+        self.skipped = int(state["skipped"])
+        self.floor = state["floor"]
+
+
+def _check_version(state: Mapping[str, Any], det: Any) -> None:
+    if state.get("version") != STATE_VERSION:
+        raise ValueError(f"{det!r}: unknown state version {state.get('version')!r}")
+
+
+class _PercentAware:
+    """Accuracies logged in percent: the first value above 1 switches the units to percent."""
+
+    unit: float = 1.0
+
+    def _see(self, v: float) -> None:
+        if self.unit == 1.0 and v > 1.0 + 1e-9:
+            self.unit = 100.0
+
+
+class OnsetDetector(_ScalarDetector, _PercentAware):
+    """Take-offs of a rising scalar (an accuracy leaving its floor), online (see OnsetConfig).
+
+    Emits ``onset`` with ``at`` = where the rise began, ``from`` (the level it left), ``level``
+    (the value when detected) and ``rise`` so far, as soon as the rise exceeds ``min_rise``.
+    """
+
+    def __init__(self, key: str, config: OnsetConfig | None = None) -> None:
+        super().__init__(key)
+        self.config = cfg = config or OnsetConfig()
+        self._trend = _Trend(
+            cfg.window, cfg.flat_tol, cfg.fast_tol, cfg.drift_tol, cfg.z_flat, cfg.z_fast
+        )
+        self.unit = 1.0
+        self._armed = True  # re-armed by a plateau or a fall after an onset
+
+    def update(self, step: int, values: Mapping[str, float]) -> list[dict]:
+        """Feed one logged value; return an onset when a take-off is confirmed."""
+        v = self._value(step, values)
+        if v is None or not math.isfinite(v):
+            return []
+        self._see(v)
+        self._trend.unit = self.unit
+        events: list[dict] = []
+        for kind, info in self._trend.update(float(step), v):
+            if kind == "plateau_start" or (kind == "move_start" and info["sign"] < 0):
+                self._armed = True
+        mv = self._trend.move
+        if mv is not None and mv["sign"] > 0 and self._armed:
+            rise = mv["extreme"] - mv["from"]
+            if rise >= self.config.min_rise * self.unit:
+                self._armed = False
+                a, lv = mv["from"], mv["extreme"]
+                msg = (
+                    f"{self.key} took off at step {_step(mv['start']):,} from {_num(a)} "
+                    f"(now {_num(lv)})"
+                )
+                ev = _event("onset", self.key, step, mv["start"], lv, msg, level=lv, rise=rise)
+                ev["from"] = a
+                events.append(ev)
+        return events
+
+    def finalize(self, step: int) -> list[dict]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "config": asdict(self.config),
+            "trend": self._trend.state_dict(),
+            "last_step": self.last_step,
+            "unit": self.unit,
+            "armed": self._armed,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_version(state, self)
+        self._trend.load_state_dict(state["trend"])
+        self.last_step = state["last_step"]
+        self.unit = float(state["unit"])
+        self._armed = bool(state["armed"])
+
+
+class _Hold:
+    """A threshold crossing confirmed after ``hold`` consecutive logs at or above it."""
+
+    def __init__(self, hold: int) -> None:
+        if hold < 1:
+            raise ValueError(f"hold must be >= 1 log, got {hold}")
+        self.hold = hold
+        self.run = 0
+        self.first: int | None = None  # first step of the current run at or above
+
+    def see(self, step: int, above: bool) -> bool:
+        """True on the log that completes the run."""
+        if not above:
+            self.run, self.first = 0, None
+            return False
+        if self.run == 0:
+            self.first = step
+        self.run += 1
+        return self.run == self.hold
+
+    def state_dict(self) -> dict:
+        return {"run": self.run, "first": self.first}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.run, self.first = int(state["run"]), state["first"]
+
+
+class SaturationDetector(_ScalarDetector, _PercentAware):
+    """``saturation``: the value reached ``threshold`` and held it for ``hold`` logs (once).
+
+    ``at`` is the first step of the run that held; the detection step is ``hold − 1`` logs later.
+    A value logged in percent (above 1) scales the threshold by 100.
+    """
+
+    def __init__(self, key: str, threshold: float = 0.999, hold: int = 3) -> None:
+        super().__init__(key)
+        self.threshold, self.unit = float(threshold), 1.0
+        self._hold = _Hold(hold)
+        self.done = False
+
+    def update(self, step: int, values: Mapping[str, float]) -> list[dict]:
+        v = self._value(step, values)
+        if v is None or self.done or not math.isfinite(v):
+            return []
+        self._see(v)
+        thr = self.threshold * self.unit
+        if not self._hold.see(step, v >= thr):
+            return []
+        self.done = True
+        at = self._hold.first
+        assert at is not None
+        msg = f"{self.key} saturated: ≥ {_num(thr)} from step {at:,}"
+        return [_event("saturation", self.key, step, at, v, msg, threshold=thr)]
+
+    def finalize(self, step: int) -> list[dict]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "last_step": self.last_step,
+            "unit": self.unit,
+            "hold": self._hold.state_dict(),
+            "done": self.done,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_version(state, self)
+        self.last_step, self.unit = state["last_step"], float(state["unit"])
+        self._hold.load_state_dict(state["hold"])
+        self.done = bool(state["done"])
+
+
+class GrokkingDetector(_PercentAware):
+    """Memorisation, then generalisation long after it: the grokking signature (Power et al.).
+
+    ``memorization`` when training accuracy reaches ``train_threshold`` (default: ``threshold``)
+    and holds it for ``hold`` logs; ``grokking`` when test accuracy then reaches ``threshold``
+    (held likewise) at ``delay_ratio = grokking_step / memorization_step ≥ min_delay_ratio``
+    (both the first steps of the held runs, which are the events' ``at``); otherwise
+    ``generalization`` (test accuracy came soon after, or before, training accuracy).
+    """
+
+    def __init__(
+        self,
+        train_key: str = "train/acc",
+        test_key: str = "test/acc",
+        threshold: float = 0.95,
+        *,
+        train_threshold: float | None = None,
+        min_delay_ratio: float = 2.0,
+        hold: int = 3,
+    ) -> None:
+        self.train_key, self.test_key = train_key, test_key
+        self.keys = (train_key, test_key)
+        self.threshold = float(threshold)
+        self.train_threshold = float(threshold if train_threshold is None else train_threshold)
+        self.min_delay_ratio = float(min_delay_ratio)
+        self.unit = 1.0
+        self._train, self._test = _Hold(hold), _Hold(hold)
+        self.memorization_step: int | None = None
+        self.grokking_step: int | None = None
+        self.last_step: int | None = None
+
+    def update(self, step: int, values: Mapping[str, float]) -> list[dict]:
+        """Feed the accuracies logged at this step (either may be missing)."""
+        if self.last_step is not None and step <= self.last_step:
+            return []
+        self.last_step = int(step)
+        events: list[dict] = []
+        tr, te = values.get(self.train_key), values.get(self.test_key)
+        for v in (tr, te):
+            if v is not None and math.isfinite(v):
+                self._see(float(v))
+        if self.memorization_step is None and tr is not None and math.isfinite(tr):
+            thr = self.train_threshold * self.unit
+            if self._train.see(step, tr >= thr):
+                at = self._train.first
+                assert at is not None
+                self.memorization_step = at
+                msg = f"{self.train_key} reached {_num(thr)} at step {at:,}: training set memorised"
+                events.append(
+                    _event("memorization", self.train_key, step, at, tr, msg, threshold=thr)
+                )
+        if self.grokking_step is None and te is not None and math.isfinite(te):
+            thr = self.threshold * self.unit
+            if self._test.see(step, te >= thr):
+                events.append(self._generalised(step, te, thr))
+        return events
+
+    def _generalised(self, step: int, value: float, thr: float) -> dict:
+        at = self._test.first
+        assert at is not None
+        self.grokking_step = at
+        mem = self.memorization_step
+        ratio = at / mem if mem else None
+        grok = ratio is not None and ratio >= self.min_delay_ratio
+        kind = "grokking" if grok else "generalization"
+        if grok:
+            msg = (
+                f"{self.test_key} reached {_num(thr)} at step {at:,}, {ratio:.1f}× after the "
+                f"training set was memorised (step {mem:,}): grokking"
+            )
+        elif ratio is None:
+            msg = f"{self.test_key} reached {_num(thr)} at step {at:,}, before memorisation"
+        else:
+            msg = f"{self.test_key} reached {_num(thr)} at step {at:,}, {ratio:.1f}× memorisation"
+        ev = _event(kind, self.test_key, step, at, value, msg, threshold=thr, delay_ratio=ratio)
+        ev.update(memorization_step=mem, grokking_step=at)
+        return ev
+
+    def finalize(self, step: int) -> list[dict]:
+        return []
+
+    def state_dict(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "unit": self.unit,
+            "train": self._train.state_dict(),
+            "test": self._test.state_dict(),
+            "memorization_step": self.memorization_step,
+            "grokking_step": self.grokking_step,
+            "last_step": self.last_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_version(state, self)
+        self.unit = float(state["unit"])
+        self._train.load_state_dict(state["train"])
+        self._test.load_state_dict(state["test"])
+        self.memorization_step = state["memorization_step"]
+        self.grokking_step = state["grokking_step"]
+        self.last_step = state["last_step"]
+
+    def __repr__(self) -> str:
+        return f"GrokkingDetector({self.train_key!r}, {self.test_key!r})"
+
+
+# -- defaults ---------------------------------------------------------------------------------
+
+_LOSS = re.compile(r"loss", re.IGNORECASE)
+_ACC = re.compile(r"(?<![a-z])acc(uracy)?(?![a-z])", re.IGNORECASE)
+_TRAIN = re.compile(r"train(ing)?", re.IGNORECASE)
+_TEST_NAMES = ("test", "val", "valid", "validation", "eval")
+
+
+def is_loss_key(key: str) -> bool:
+    """``loss`` anywhere in the name (``loss``, ``train/loss``, ``val_loss``...)."""
+    return bool(_LOSS.search(key))
+
+
+def is_accuracy_key(key: str) -> bool:
+    """``acc`` or ``accuracy`` as a word of the name (not ``grad_accum``)."""
+    return bool(_ACC.search(key)) and not is_loss_key(key)
+
+
+def _grokking_pair(keys: list[str]) -> tuple[str, str] | None:
+    """A (train, test) accuracy pair whose names differ only in train ↔ test/val/eval."""
+    accs = [k for k in keys if is_accuracy_key(k)]
+    for tr in accs:
+        m = _TRAIN.search(tr)
+        if m is None:
+            continue
+        for name in _TEST_NAMES:
+            te = tr[: m.start()] + name + tr[m.end() :]
+            if te in accs:
+                return tr, te
+    return None
+
+
+def default_detectors(
+    keys: Iterable[str],
+    *,
+    plateau: PlateauConfig | None = None,
+    onset: OnsetConfig | None = None,
+    threshold: float = 0.95,
+) -> list[Detector]:
+    """Detectors for the logged keys: plateau/cliff per loss, onset and saturation per accuracy.
+
+    Plus a :class:`GrokkingDetector` (at ``threshold``) when a training and a test (or
+    validation) accuracy are both logged. Keys under ``dynmon/`` (the Monitor's own metrics) are
+    left out. Deterministic in the set of keys, so the Monitor can call it again as new keys
+    appear. ``plateau`` / ``onset`` override the configurations (e.g. a smaller ``window`` for
+    scalars logged every few steps in a short run).
+    """
+    names = sorted({k for k in keys if not k.startswith("dynmon/")})
+    dets: list[Detector] = []
+    for k in names:
+        if is_loss_key(k):
+            dets.append(PlateauCliffDetector(k, plateau))
+        elif is_accuracy_key(k):
+            dets.extend([OnsetDetector(k, onset), SaturationDetector(k)])
+    pair = _grokking_pair(names)
+    if pair is not None:
+        dets.append(GrokkingDetector(*pair, threshold=threshold))
+    return dets
