@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from dynmon import adapters
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 from dynmon.metrics.table import METRICS, PRESETS, head_inputs
+from dynmon.metrics.timeseries import AutocorrCurvature, NormCurvature
 from dynmon.schedule import Schedule, as_schedule, every, logspace
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
@@ -109,7 +110,9 @@ class Monitor:
         config: the run's own configuration (a dataclass or dict), written to ``config.json``.
         reference_step: the look used as reference for ``subspace_dist_ref`` (first look if None).
         options: metric options (``subspace_k``, ``marginal_k``, ``rank_tol``, curvature ``k``...);
-            ``threads`` (default 1) is the number of CPU threads a look uses (None: as training).
+            ``threads`` (default 1) is the number of CPU threads a look uses (None: as training);
+            ``autocorr_window`` (50 logged losses) for ``dynmon/loss_autocorr_curv`` and
+            ``norm_window`` (7 looks), ``norm_log_time`` for ``dynmon/norm_curvature``.
         rank: this process's rank; only rank 0 computes and logs unless ``all_ranks=True``.
     """
 
@@ -156,6 +159,12 @@ class Monitor:
         self._user_detectors = detectors is not None
         self._detectors: list[Any] = list(detectors) if detectors is not None else []
         self._seen_keys: set[str] = set()
+        # learning-curve measures (REFERENCE.md §3), streamed with bounded state
+        self._loss_acorr = AutocorrCurvature(window=int(self.options.get("autocorr_window", 50)))
+        self._norm_curv = NormCurvature(
+            window=int(self.options.get("norm_window", 7)),
+            log_time=bool(self.options.get("norm_log_time", False)),
+        )
         self._closed = False
         self._train_threads = torch.get_num_threads()
         self.sinks: list[Any] = []
@@ -279,11 +288,20 @@ class Monitor:
             if n not in self._disabled and (own or self.schedule)(step)
         ]
         arrays: dict[str, np.ndarray] = {}
+        acorr = self._loss_acorr.update(step, logged["loss"]) if "loss" in logged else None
         if due:
             looked, arrays = self._look(step, due)
             logged.update(looked)
+            if acorr is not None:
+                logged["dynmon/loss_autocorr_curv"] = acorr
         if logged or arrays:
             self._emit("write", step, logged, arrays)
+        if "dynmon/weight_norm" in logged:
+            curv = self._norm_curv.update(step, logged["dynmon/weight_norm"])
+            if curv is not None:  # a centred estimate: it belongs to the window's middle look
+                self._emit(
+                    "write", self._norm_curv.middle_step, {"dynmon/norm_curvature": curv}, {}
+                )
         self._detect(step, logged)
         self._keep_prev_weights(step + 1)
 
@@ -559,6 +577,8 @@ class Monitor:
                 for d in self._detectors
             ],
             "seen_keys": sorted(self._seen_keys),
+            "loss_autocorr": self._loss_acorr.state_dict(),
+            "norm_curvature": self._norm_curv.state_dict(),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -574,6 +594,9 @@ class Monitor:
         self._generator.set_state(state["generator"])
         self._summary = dict(state.get("summary", {}))
         self._seen_keys = set(state.get("seen_keys", []))
+        if "loss_autocorr" in state:
+            self._loss_acorr.load_state_dict(state["loss_autocorr"])
+            self._norm_curv.load_state_dict(state["norm_curvature"])
         if not self._user_detectors and self._seen_keys:
             self._detectors = []
             self._add_default_detectors()

@@ -282,3 +282,30 @@ def test_look_restores_thread_count(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_learning_curve_measures_match_batch_functions(tmp_path):
+    from dynmon.metrics.timeseries import autocorr_curvature
+
+    rng = np.random.default_rng(0)
+    losses = 1.0 + 0.1 * rng.standard_normal(200)
+    model = TinyLM(d_model=16, n_layers=1)
+    with dynmon.Monitor(
+        model,
+        run_dir=tmp_path,
+        schedule=dynmon.every(20),
+        metrics=["norms"],
+        options={"autocorr_window": 30},
+    ) as mon:
+        for s, x in enumerate(losses):
+            with torch.no_grad():  # a weight norm that grows quadratically with the look index
+                model.unembed.bias.fill_((s / 20) ** 2 / 10)
+            mon.step(s, loss=float(x))
+    run = dynmon.load_run(tmp_path)
+    steps, acorr = run.series("dynmon/loss_autocorr_curv")
+    expected = autocorr_curvature(losses, 30)
+    assert list(steps) == list(range(40, 200, 20))
+    np.testing.assert_allclose(acorr, expected[steps], rtol=1e-9)
+    steps, curv = run.series("dynmon/norm_curvature")
+    assert len(steps) >= 3 and steps[0] == 60  # the middle of the first 7 looks (0..120)
+    assert np.all(np.isfinite(curv))
