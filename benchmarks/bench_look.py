@@ -52,12 +52,14 @@ def main() -> None:
         mon = dynmon.Monitor(model, sinks=[], schedule=lambda s: True, metrics=preset, strict=True)
         mon.step(0)  # warm-up look (also the reference for subspace distances)
         counter = iter(range(1, 1000))
-        results[preset] = _median_time(lambda m=mon: m.step(next(counter)), args.repeats)
+        results[preset] = _median_time(lambda m=mon, c=counter: m.step(next(c)), args.repeats)
         mon.close()
 
     heads = dynmon.heads(model)
-    print(f"model: GPT-2 shapes, {layers} layers x {heads[0].n_heads} heads, D=768, dh=64; "
-          f"batch 8x128; {torch.get_num_threads()} threads")
+    print(
+        f"model: GPT-2 shapes, {layers} layers x {heads[0].n_heads} heads, D=768, dh=64; "
+        f"batch 8x128; {torch.get_num_threads()} threads"
+    )
     print(f"forward+backward: {t_step:.3f} s")
     for preset, t in results.items():
         print(f"{preset} look: {t:.3f} s  = {t / t_step:.2f} x one forward+backward")

@@ -12,6 +12,10 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+# One intra-op thread: the suite's models are tiny, and on a busy 2-core machine OpenMP barriers
+# make multi-threaded small kernels orders of magnitude slower (tests that need more set it).
+torch.set_num_threads(1)
+
 
 class TinyLM(nn.Module):
     """A 2-layer pre-norm transformer LM on nn.TransformerEncoderLayer (with dropout)."""

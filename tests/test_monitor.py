@@ -53,6 +53,7 @@ def test_monitor_leaves_training_bitwise_identical(tmp_path):
         metrics={"full": None, "sharpness": dynmon.every(10), "hessian_trace": dynmon.every(10)},
         loss_fn=lm_loss,
         probe_batch=batches[0],
+        options={"max_iter": 20, "tol": 1e-2, "num_probes": 4},
         strict=True,
     ) as mon:
         watched = _train(model, batches, mon)
