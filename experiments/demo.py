@@ -88,17 +88,19 @@ def run(config: DemoConfig, out: Path, *, wandb: bool = False) -> dict:
     probe = make_batch(config, torch.Generator().manual_seed(10_000 + config.seed))
     sinks = ["local", "wandb"] if wandb else ["local"]
     start = time.perf_counter()
-    with dynmon.Monitor(
-        model,
-        run_dir=out,
-        schedule=dynmon.every(config.look_every) | dynmon.logspace(1, config.steps, 15),
-        metrics={"economy": None, "marginal_erank": None, "sharpness": dynmon.every(250)},
-        loss_fn=next_token_loss,
-        probe_batch=probe[:16],
-        optimizer=opt,
-        sinks=sinks,
-        config=config,
-    ) as mon:
+    with (
+        dynmon.Monitor(
+            model,
+            run_dir=out,
+            schedule=dynmon.every(config.look_every),  # regular looks: comparable distances
+            metrics={"economy": None, "marginal_erank": None, "sharpness": dynmon.every(250)},
+            loss_fn=next_token_loss,
+            probe_batch=probe[:16],
+            optimizer=opt,
+            sinks=sinks,
+            config=config,
+        ) as mon
+    ):
         for step in range(config.steps):
             loss = next_token_loss(model, make_batch(config, g))
             opt.zero_grad(set_to_none=True)
@@ -107,7 +109,7 @@ def run(config: DemoConfig, out: Path, *, wandb: bool = False) -> dict:
             mon.step(step, loss=loss)
         elapsed = time.perf_counter() - start
         summary = {
-            "final_loss": float(loss),
+            "final_loss": loss.item(),
             "steps_per_s": config.steps / elapsed,
             "events": [e.get("message", e["kind"]) for e in mon.events][:20],
         }
