@@ -47,6 +47,12 @@ EVENT_COLORS = {
     "memorization": "#9467bd",
     "grokking": "#ff7f0e",
     "metric_error": "#444444",
+    "saturation": "#17becf",
+    "circuit_formation": "#1f77b4",
+    "circuit_formation_online": "#aec7e8",
+    "cleanup": "#e377c2",
+    "generalization": "#bcbd22",
+    "rise": "#98df8a",
 }
 OTHER_EVENT_COLOR = "#8c564b"
 PLATEAU_COLOR = "#7f7f7f"
@@ -578,8 +584,10 @@ def _draw_overview(run: Run):
     """Loss on top, then erank, subspace distance and sharpness on one shared time axis."""
     groups = _loss_groups(run)
     panels: list[tuple[str, Callable]] = []
-    if groups:
-        panels.append((groups[0][1], lambda ax: _overview_loss(ax, run, groups[0][2])))
+    for kind, ylabel, keys in groups[:2]:  # losses, then accuracies: the curve people know
+        if kind in ("loss", "fraction"):
+            log = kind == "loss"  # accuracies read best on a linear 0-1 axis
+            panels.append((ylabel, lambda ax, k=keys, lg=log: _overview_loss(ax, run, k, lg)))
     for metric, ylabel in (("erank", "effective rank"), ("subspace_dist", "subspace dist.")):
         by_circuit = _layer_means(run, metric)
         if by_circuit:
@@ -602,13 +610,14 @@ def _draw_overview(run: Run):
     return fig
 
 
-def _overview_loss(ax, run: Run, keys: list[str]) -> None:
+def _overview_loss(ax, run: Run, keys: list[str], log: bool = True) -> None:
     values = []
     for i, k in enumerate(keys[:3]):
         steps, v = _series(run, k)
         _plot_noisy(ax, steps, v, k, f"C{i}")
         values.append(v)
-    _auto_log(ax, *values)
+    if log:
+        _auto_log(ax, *values)
 
 
 def _overview_layers(ax, by_circuit: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
