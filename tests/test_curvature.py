@@ -31,15 +31,6 @@ from dynmon.metrics.spec import LookContext
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one intra-op thread (OpenMP spinning on shared cores costs 100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class Quadratic(nn.Module):
     """``loss = ½ θᵀAθ + bᵀθ`` with ``θ = [a; b]`` split over two parameters: Hessian ``A``."""
 
