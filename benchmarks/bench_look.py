@@ -8,21 +8,11 @@ side in the same process, and prints the ratios. Run: python benchmarks/bench_lo
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
+from bench_hessian import median_time  # run as a script: benchmarks/ is on sys.path
 
 import dynmon
-
-
-def _median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -45,14 +35,14 @@ def main() -> None:
         model(tokens, labels=tokens).loss.backward()
 
     train_step()  # warm-up, and leaves .grad in place for grad_norm
-    t_step = _median_time(train_step, args.repeats)
+    t_step = median_time(train_step, args.repeats)
 
     results = {}
     for preset in ("economy", "full"):
         mon = dynmon.Monitor(model, sinks=[], schedule=lambda s: True, metrics=preset, strict=True)
         mon.step(0)  # warm-up look (also the reference for subspace distances)
         counter = iter(range(1, 1000))
-        results[preset] = _median_time(lambda m=mon, c=counter: m.step(next(c)), args.repeats)
+        results[preset] = median_time(lambda m=mon, c=counter: m.step(next(c)), args.repeats)
         mon.close()
 
     heads = dynmon.heads(model)
