@@ -1,0 +1,90 @@
+"""The model: an attention-only transformer built natively by TransformerLens 4.
+
+``n_layers`` attention layers of ``n_heads`` heads, learned positional embeddings, no LayerNorm,
+no MLP (REFERENCE.md §7). Weights the scores read, all in TransformerLens layout: ``model.W_E``
+``[V, D]``, ``model.W_U`` ``[D, V]``; per-head weights come from ``dynmon.heads(model)``.
+Attention patterns are read by forward hooks on the model's own ``blocks.{i}.attn.hook_pattern``
+(``[B, H, T, T]``), so they are exactly what the model computed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .config import InductionConfig
+
+
+def build_model(cfg: InductionConfig) -> nn.Module:
+    """A ``TransformerBridge`` booted natively (no download), initialised from ``cfg.seed``."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    return TransformerBridge.boot_native(
+        TransformerBridgeConfig(
+            d_model=cfg.d_model,
+            d_head=cfg.d_model // cfg.n_heads,
+            n_heads=cfg.n_heads,
+            n_layers=cfg.n_layers,
+            n_ctx=cfg.seq_len,
+            d_vocab=cfg.vocab,
+            attn_only=True,
+            normalization_type=None,
+            seed=cfg.seed,
+            device=cfg.device,
+        )
+    )
+
+
+def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates (storage-deduplicated)."""
+    seen: set[int] = set()
+    out = []
+    for p in model.parameters():
+        if p.requires_grad and p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            out.append(p)
+    return out
+
+
+def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
+    """Next-token cross-entropy ``[B, T−1]``: entry i is the loss of predicting token i+1."""
+    V = logits.shape[-1]
+    loss = nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, V),  # [B·(T−1), V]
+        tokens[:, 1:].reshape(-1),  # [B·(T−1)]
+        reduction="none",
+    )
+    return loss.view(tokens.shape[0], -1)  # [B, T−1]
+
+
+def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
+    """Mean next-token loss over every position (the training loss)."""
+    logits = model(tokens)  # [B, T, V]
+    V = logits.shape[-1]
+    return nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1)
+    )  # [B·(T−1), V] against [B·(T−1)]
+
+
+def forward_with_patterns(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Logits ``[B, T, V]`` and every layer's attention pattern ``[L, B, H, T, T]``, one forward."""
+    store: dict[int, Tensor] = {}
+    handles = []
+    for i, block in enumerate(model.blocks):
+
+        def keep(_module: nn.Module, _inputs: object, output: Tensor, i: int = i) -> None:
+            store[i] = output.detach()  # [B, H, T, T]
+
+        handles.append(block.attn.hook_pattern.register_forward_hook(keep))
+    try:
+        logits = model(tokens)  # [B, T, V]
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, torch.stack([store[i] for i in range(len(store))])  # [L, B, H, T, T]
+
+
+def embed_unembed(model: nn.Module) -> tuple[Tensor, Tensor]:
+    """``W_E [V, D]`` and ``W_U [D, V]``, detached."""
+    return model.W_E.detach(), model.W_U.detach()
