@@ -93,9 +93,10 @@ def test_cli_runs_the_pack(tmp_path, capsys):
     out = tmp_path / "cli"
     sets = [f"{f.name}={getattr(SMOKE, f.name)}" for f in dataclasses.fields(SMOKE)]
     sets = [s for s in sets if not s.startswith(("device=", "steps="))] + ["steps=12"]
-    code = main(["run", "induction", "--preset", "quick", "--seed", "3", "--out", str(out)] + [
-        a for s in sets for a in ("--set", s)
-    ])
+    code = main(
+        ["run", "induction", "--preset", "quick", "--seed", "3", "--out", str(out)]
+        + [a for s in sets for a in ("--set", s)]
+    )
     assert code == 0
     config = json.loads((out / "config.json").read_text())["run"]
     assert config["seed"] == 3 and config["steps"] == 12 and config["n_layers"] == 2

@@ -145,7 +145,9 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax_ref.set_ylabel("distance to the\nfinal matrix")
     ax_ref.set_ylim(bottom=0)
     ax_ref.set_xlabel("step")
-    ref_handles = [plt.Line2D([], [], color=colors[i], lw=2, label=f"layer {i}") for i in range(n_layers)]
+    ref_handles = [
+        plt.Line2D([], [], color=colors[i], lw=2, label=f"layer {i}") for i in range(n_layers)
+    ]
     ref_handles += [
         plt.Line2D([], [], color="k", lw=1.2, label="QK"),
         plt.Line2D([], [], color="k", lw=1.2, ls="--", label="OV"),
@@ -173,7 +175,9 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
                 [], [], color="tab:blue", ls="-.", label=f"subspaces settled ({st}, lead {lead})"
             )
         )
-    ax_loss.legend(handles=ax_loss.get_legend_handles_labels()[0] + marks, fontsize=7, loc="lower left")
+    ax_loss.legend(
+        handles=ax_loss.get_legend_handles_labels()[0] + marks, fontsize=7, loc="lower left"
+    )
     ax_ind.legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
     ax_sub.legend(fontsize=7, loc="upper right")
     ax_ref.legend(handles=ref_handles, fontsize=7, loc="upper right", ncol=2)
