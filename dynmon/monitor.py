@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dynmon import adapters
+from dynmon import adapters, distributed
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 from dynmon.metrics.table import METRICS, PRESETS, head_inputs
 from dynmon.metrics.timeseries import AutocorrCurvature, NormCurvature
@@ -53,10 +53,10 @@ class MetricError(RuntimeError):
     """A metric raised while ``strict=True``."""
 
 
-def _default_rank() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank()
-    return 0
+# inputs that read every rank's full matrices: under FSDP2 a look gathers them first
+GATHER_NEEDS = frozenset({"heads", "head_spectra", "head_svd", "weights", "prev_weights"})
+# inputs a sharded model cannot give a single rank: switched off under FSDP2
+UNSHARDABLE_NEEDS = frozenset({"grads", "prev_weights", "curvature"})
 
 
 @contextlib.contextmanager
@@ -114,6 +114,10 @@ class Monitor:
             ``autocorr_window`` (50 logged losses) for ``dynmon/loss_autocorr_curv`` and
             ``norm_window`` (7 looks), ``norm_log_time`` for ``dynmon/norm_curvature``.
         rank: this process's rank; only rank 0 computes and logs unless ``all_ranks=True``.
+            Under DDP the other ranks do nothing. Under FSDP2 (``fully_shard``) every rank must
+            create the Monitor and call ``step()``: on look steps, and only then, all ranks
+            gather the shards with FSDP2's ``unshard()``; metrics that need gradients, the
+            previous weights or the loss (curvature) are switched off there.
     """
 
     def __init__(
@@ -141,7 +145,7 @@ class Monitor:
         self.loss_fn, self.probe_batch, self.optimizer = loss_fn, probe_batch, optimizer
         self.options = dict(options or {})
         self.reference_step = reference_step
-        self.rank = _default_rank() if rank is None else int(rank)
+        self.rank = distributed.rank() if rank is None else int(rank)
         self.active = all_ranks or self.rank == 0
         self.schedule = default_schedule() if schedule is None else as_schedule(schedule)
         self._metrics = self._resolve_metrics(metrics)
@@ -169,12 +173,17 @@ class Monitor:
         self._train_threads = torch.get_num_threads()
         self.sinks: list[Any] = []
         self.run_dir: Path | None = None
-        if not self.active:
-            return
-        self._check_heads()
-        self._open_sinks(run_dir, sinks)
-        self._config = self._make_config(config, sinks)
-        self._emit("write_config", self._config)
+        self._sharded = distributed.is_sharded(model)
+        if self._sharded:
+            self._disable_unshardable()
+        # under FSDP2 the set-up reads full matrices too: every rank gathers once here
+        with distributed.gathered(model) if self._sharded else contextlib.nullcontext():
+            if not self.active:
+                return
+            self._check_heads()
+            self._open_sinks(run_dir, sinks)
+            self._config = self._make_config(config, sinks)
+            self._emit("write_config", self._config)
 
     # -- set-up ---------------------------------------------------------------------------
     def _resolve_metrics(self, metrics: Any) -> dict[str, tuple[MetricSpec, Schedule | None]]:
@@ -209,6 +218,31 @@ class Monitor:
                 "loss_fn=lambda model, batch: <scalar loss> and probe_batch=<batch> to Monitor"
             )
         return resolved
+
+    def _disable_unshardable(self) -> None:
+        """Switch off metrics a sharded (FSDP2) model cannot serve, with one warning."""
+        off = [n for n, (s, _) in self._metrics.items() if s.needs & UNSHARDABLE_NEEDS]
+        for n in off:
+            self._disabled[n] = "not available on an FSDP2-sharded model"
+        if off and self.active:
+            warnings.warn(
+                f"dynmon: metrics {off} need gradients, the previous weights or the loss, which "
+                "a fully_shard (FSDP2) model only has in shards; they are switched off. Run them "
+                "under DDP or on a single process.",
+                RuntimeWarning,
+                3,
+            )
+
+    def _gather_due(self, step: int) -> bool:
+        """Whether ``step`` is a look that reads full matrices, decided alike on every rank.
+
+        Depends only on the step and the metrics asked for (not on which were switched off on
+        rank 0), so every rank of a sharded model joins the same gathers.
+        """
+        return any(
+            spec.needs & GATHER_NEEDS and (own or self.schedule)(step)
+            for spec, own in self._metrics.values()
+        )
 
     def _check_heads(self) -> None:
         """Drop per-head metrics (with one warning) when the model has no attention we know."""
@@ -272,11 +306,22 @@ class Monitor:
         ``loss`` and ``scalars`` (e.g. ``test_acc=0.9`` or ``**{"test/acc": 0.9}``) are logged
         every call; tensors are converted here (a sync point on GPU).
         """
-        if not self.active or self._closed:
+        if self._closed:
             return
         step = self._next_step if step is None else int(step)
         self._next_step = step + 1
         self._last_step = step
+        gather = self._sharded and self._gather_due(step)
+        if not self.active:
+            if gather:  # join rank 0's all-gather; nothing else happens on this rank
+                with distributed.gathered(self.model):
+                    pass
+            return
+        with distributed.gathered(self.model) if gather else contextlib.nullcontext():
+            self._step(step, loss, scalars)
+
+    def _step(self, step: int, loss: Tensor | float | None, scalars: Mapping[str, Any]) -> None:
+        """Rank 0's share of ``step``: log, look if due, detect."""
         values: dict[str, Any] = {}
         if loss is not None:
             values["loss"] = loss
