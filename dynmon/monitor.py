@@ -540,6 +540,11 @@ class Monitor:
         return list(self._events)
 
     @property
+    def last_event(self) -> dict[str, Any] | None:
+        """The newest event (cheap to poll every step, unlike ``events``), or None."""
+        return self._events[-1] if self._events else None
+
+    @property
     def disabled(self) -> dict[str, str]:
         """Metrics switched off, with the reason."""
         return dict(self._disabled)

@@ -115,8 +115,10 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
         detectors=detectors(cfg),
         config=cfg,
     )
+    from dynmon.progress import Progress
+
     start = time.perf_counter()
-    with mon:
+    with mon, Progress(cfg.steps, f"induction {cfg.n_layers}-layer") as bar:
         mon.step(0)
         history[0] = head_weights(model)
         for step in range(1, cfg.steps + 1):
@@ -126,6 +128,7 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
             loss.backward()
             opt.step()
             mon.step(step, loss=loss.detach())
+            bar.update(step, loss=loss.detach().item(), event=_latest_event(mon))
             if step % cfg.look_every == 0 or step == cfg.steps:
                 history[step] = head_weights(model)
         elapsed = time.perf_counter() - start
@@ -146,6 +149,15 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
 
     draw(out, summary)
     return summary
+
+
+def _latest_event(mon: Any) -> str | None:
+    """``"cliff on probe/loss_repeated at 905"`` for the newest detected event, or None."""
+    e = mon.last_event
+    if e is None:
+        return None
+    where = f" on {e['key']}" if "key" in e else ""
+    return f"{e['kind']}{where} at {e.get('at', e['step'])}"
 
 
 def _message(kind: str) -> str:
