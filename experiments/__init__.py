@@ -14,7 +14,6 @@ PACKS: dict[str, str] = {
     "grokking": "dynmon.experiments.grokking",
     "induction": "dynmon.experiments.induction",
     "linear-icl": "dynmon.experiments.linear_icl",
-    "demo": "dynmon.experiments.demo",
 }
 
 
