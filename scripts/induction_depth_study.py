@@ -30,7 +30,6 @@ FIELDS = (
 
 def main(argv: list[str] | None = None) -> None:
     import torch
-
     from dynmon.experiments.induction import PRESETS, run
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+# W&B reads WANDB_DIR once per process: a default outside the checkout for every test's runs
+os.environ.setdefault("WANDB_DIR", tempfile.mkdtemp(prefix="dynmon-tests-wandb-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

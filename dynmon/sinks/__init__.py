@@ -1,4 +1,4 @@
-"""Where monitor output goes: the local run folder (default), W&B, and later TensorBoard."""
+"""Where monitor output goes: the local run folder (default), W&B and TensorBoard."""
 
 from __future__ import annotations
 
@@ -7,18 +7,21 @@ from pathlib import Path
 
 from dynmon.sinks.base import Sink
 from dynmon.sinks.local import RunFolderSink
+from dynmon.sinks.tensorboard import TensorBoardSink
 from dynmon.sinks.wandb import WandbSink
 
-__all__ = ["RunFolderSink", "Sink", "WandbSink", "make_sink"]
+__all__ = ["RunFolderSink", "Sink", "TensorBoardSink", "WandbSink", "make_sink"]
 
 SPECS = ("local", "wandb", "tensorboard")
+TENSORBOARD_DIR = "tensorboard"  # inside the run folder
 
 
 def make_sink(spec: str | Sink, run_dir: str | Path) -> Sink:
-    """Turn ``"local"``, ``"wandb"`` or a Sink instance into a sink writing for ``run_dir``.
+    """Turn ``"local"``, ``"wandb"``, ``"tensorboard"`` or a Sink into a sink for ``run_dir``.
 
     ``"wandb"`` starts a run named after the run folder (project ``WANDB_PROJECT`` or ``dynmon``,
-    files under ``WANDB_DIR`` or the run folder) or joins the active ``wandb.run``.
+    files under ``WANDB_DIR`` or the run folder) or joins the active ``wandb.run``;
+    ``"tensorboard"`` writes event files into ``<run_dir>/tensorboard``.
     """
     if isinstance(spec, str):
         name = spec.strip().lower()
@@ -32,10 +35,7 @@ def make_sink(spec: str | Sink, run_dir: str | Path) -> Sink:
                 dir=None if os.environ.get("WANDB_DIR") else run_dir,
             )
         if name == "tensorboard":
-            raise NotImplementedError(
-                "the TensorBoard sink is planned but not implemented yet; use sinks=['local'] "
-                "or ['local', 'wandb'], or pass your own object with the Sink methods"
-            )
+            return TensorBoardSink(run_dir / TENSORBOARD_DIR)
     elif isinstance(spec, Sink):
         return spec
     raise ValueError(
