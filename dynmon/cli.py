@@ -1,12 +1,38 @@
-"""Command line: ``dynmon run PACK``, ``dynmon presets PACK``, ``dynmon report RUN_DIR``."""
+"""Command line: ``dynmon run PACK``, ``dynmon presets PACK``, ``dynmon report RUN_DIR``,
+``dynmon analyze CKPT_DIR --out RUN_DIR``, ``dynmon wandb-dashboard --entity E --project P``."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+
+def wandb_group(pack: str, preset: str, sets: list[str]) -> str:
+    """The W&B group of a pack run: pack, preset and overrides, never the seed, so the seeds
+    of one configuration land in one group."""
+    keep = sorted(s.replace(" ", "") for s in sets if s.split("=", 1)[0].strip() != "seed")
+    return "-".join([pack, preset, *keep])[:128]
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None) -> Iterator[None]:
+    """Set an environment variable for the duration of a command (unset: leave it)."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -31,7 +57,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(f"dynmon run {args.pack}: {exc}") from None
     out = Path(args.out) if args.out else new_run_dir(Path("runs"), prefix=f"{args.pack}-{preset}")
     print(f"dynmon: running {args.pack} preset {preset!r} into {out}", flush=True)
-    summary = pack.run(config, out, wandb=args.wandb)
+    group = None
+    if args.wandb:  # wandb.init reads WANDB_RUN_GROUP; an explicit --group or env var wins
+        group = (
+            args.group
+            or os.environ.get("WANDB_RUN_GROUP")
+            or wandb_group(args.pack, preset, list(args.set or []))
+        )
+        print(f"dynmon: W&B group {group!r}", flush=True)
+    with _env("WANDB_RUN_GROUP", group):
+        summary = pack.run(config, out, wandb=args.wandb)
     index = make_report(out)
     headline = {k: v for k, v in (summary or {}).items() if not isinstance(v, (dict, list))}
     print(json.dumps(headline, indent=2, default=str))
@@ -62,6 +97,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from dynmon.analyze import analyze
+    from dynmon.report import make_report
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
+    out = Path(args.out)
+    print(f"dynmon: analyzing the checkpoints in {args.ckpt_dir} into {out}", flush=True)
+    analyze(
+        args.ckpt_dir,
+        out,
+        model=args.model,
+        metrics=metrics,
+        strict=args.strict,
+        progress=args.progress,
+    )
+    if args.report:
+        print(f"dynmon: report at {make_report(out)}")
+    return 0
+
+
+def _cmd_wandb_dashboard(args: argparse.Namespace) -> int:
+    from dynmon.integrations.wandb_dashboard import build_workspace, describe
+
+    workspace = build_workspace(args.entity, args.project, args.name)
+    print(describe(workspace))
+    if not args.save:
+        print("dynmon: not saved (--no-save)")
+        return 0
+    try:
+        saved = workspace.save()
+    except Exception as exc:  # network, API key, permissions: say what to check
+        raise SystemExit(
+            f"dynmon wandb-dashboard: saving to {args.entity}/{args.project} failed: {exc!r}; it "
+            "needs network access and a W&B API key (wandb login or WANDB_API_KEY)"
+        ) from None
+    print(f"dynmon: workspace saved at {getattr(saved, 'url', '')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynmon", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -73,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="shorthand for --set seed=N")
     run.add_argument("--out", help="run folder (default: runs/<pack>-<preset>-<time>)")
     run.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    run.add_argument(
+        "--group", help="W&B group (default: pack-preset-overrides, the same for every seed)"
+    )
     run.set_defaults(func=_cmd_run)
 
     presets = sub.add_parser("presets", help="list a pack's presets and their keys")
@@ -82,6 +159,46 @@ def build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="draw the plots and index.html of a run folder")
     report.add_argument("run_dir")
     report.set_defaults(func=_cmd_report)
+
+    analyze = sub.add_parser(
+        "analyze",
+        help="spectral and subspace measures over a directory of saved checkpoints",
+        description="Checkpoints are weight files (.pt .pth .bin .ckpt .safetensors) under "
+        "CKPT_DIR; the last number in each file's path is its step (step_000100.pt, "
+        "checkpoint-100/model.safetensors). They are read with torch.load(weights_only=True).",
+    )
+    analyze.add_argument("ckpt_dir", help="folder holding the checkpoints (searched recursively)")
+    analyze.add_argument("--out", required=True, help="run folder to write")
+    analyze.add_argument(
+        "--model",
+        help="module:factory or path/file.py:factory returning the nn.Module (default: build it "
+        "from CKPT_DIR/config.json, TransformerBridgeConfig fields or a Hugging Face config)",
+    )
+    analyze.add_argument(
+        "--metrics",
+        help="comma-separated metric names or presets (default: erank, "
+        "stable_rank, subspace_dist, norms)",
+    )
+    analyze.add_argument("--strict", action="store_true", help="raise when a metric fails")
+    analyze.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar or lines"
+    )
+    analyze.add_argument(
+        "--no-report", dest="report", action="store_false", help="skip drawing the report"
+    )
+    analyze.set_defaults(func=_cmd_analyze)
+
+    dash = sub.add_parser(
+        "wandb-dashboard",
+        help="build a W&B workspace for dynmon's keys and save it (needs network and a key)",
+    )
+    dash.add_argument("--entity", required=True, help="W&B user or team")
+    dash.add_argument("--project", required=True, help="W&B project the runs log to")
+    dash.add_argument("--name", default="dynmon", help="workspace name (default: dynmon)")
+    dash.add_argument(
+        "--save", action=argparse.BooleanOptionalAction, default=True, help="save to W&B"
+    )
+    dash.set_defaults(func=_cmd_wandb_dashboard)
     return parser
 
 

@@ -40,6 +40,7 @@ RANK_LABELS = {
     "numerical_rank": "numerical rank",
     "subspace_dist": "subspace dist. (prev. look)",
     "subspace_dist_ref": "subspace dist. (reference)",
+    "subspace_dist_final": "dist. to final (seed paper)",
 }
 EVENT_COLORS = {
     "cliff": "#d62728",
@@ -411,7 +412,9 @@ def _draw_ranks(run: Run):
 
 def _draw_subspace(run: Run):
     return _draw_layer_lines(
-        run, ("subspace_dist", "subspace_dist_ref"), "per-layer mean subspace distance (0 to 1)"
+        run,
+        ("subspace_dist", "subspace_dist_ref", "subspace_dist_final"),
+        "per-layer mean subspace distance (0 to 1)",
     )
 
 

@@ -32,6 +32,7 @@ def make_sink(spec: str | Sink, run_dir: str | Path) -> Sink:
             return WandbSink(
                 project=None if os.environ.get("WANDB_PROJECT") else "dynmon",
                 name=run_dir.resolve().name,
+                group=os.environ.get("WANDB_RUN_GROUP"),  # wandb reads it only at first setup
                 dir=None if os.environ.get("WANDB_DIR") else run_dir,
             )
         if name == "tensorboard":

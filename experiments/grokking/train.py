@@ -137,6 +137,7 @@ def _detectors(cfg: GrokkingConfig) -> list[Any] | None:
 def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict:
     """Train with the Monitor attached; write the run folder; return the summary."""
     import dynmon
+    from dynmon.progress import Progress, latest_event
 
     cfg = config
     out = Path(out)
@@ -203,9 +204,11 @@ def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict
             mon.log_event(ev.pop("kind"), ev.pop("step"), **ev)
         t_measure += t1 - t0
         t_monitor += time.perf_counter() - t1
+        bar.update(step, loss=scalars["train/loss"], event=latest_event(mon.last_event))
 
+    bar = Progress(cfg.steps, "grokking")  # a bar on a terminal, log lines otherwise
     start = time.perf_counter()
-    with mon:
+    with mon, bar:
         log(0)
         snapshots[0] = [p.detach().clone().cpu() for p in params]
         last = 0
@@ -227,6 +230,7 @@ def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict
                 t1 = time.perf_counter()
                 mon.step(step)
                 t_monitor += time.perf_counter() - t1
+                bar.update(step)
         elapsed = time.perf_counter() - start
 
         summary = _summarize(cfg, model, ds, params, mon, history, coeffs, keys_seen, snapshots)

@@ -115,7 +115,7 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
         detectors=detectors(cfg),
         config=cfg,
     )
-    from dynmon.progress import Progress
+    from dynmon.progress import Progress, latest_event
 
     start = time.perf_counter()
     with mon, Progress(cfg.steps, f"induction {cfg.n_layers}-layer") as bar:
@@ -128,7 +128,7 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
             loss.backward()
             opt.step()
             mon.step(step, loss=loss.detach())
-            bar.update(step, loss=loss.detach().item(), event=_latest_event(mon))
+            bar.update(step, loss=loss.detach().item(), event=latest_event(mon.last_event))
             if step % cfg.look_every == 0 or step == cfg.steps:
                 history[step] = head_weights(model)
         elapsed = time.perf_counter() - start
@@ -149,15 +149,6 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
 
     draw(out, summary)
     return summary
-
-
-def _latest_event(mon: Any) -> str | None:
-    """``"cliff on probe/loss_repeated at 905"`` for the newest detected event, or None."""
-    e = mon.last_event
-    if e is None:
-        return None
-    where = f" on {e['key']}" if "key" in e else ""
-    return f"{e['kind']}{where} at {e.get('at', e['step'])}"
 
 
 def _message(kind: str) -> str:
