@@ -141,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment pack with the monitor attached")
-    run.add_argument("pack", help="grokking, induction, linear-icl or demo")
+    run.add_argument("pack", help="grokking, induction or linear-icl")
     run.add_argument("--preset", help="preset name (see `dynmon presets PACK`)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     run.add_argument("--seed", type=int, help="shorthand for --set seed=N")
