@@ -66,6 +66,7 @@ def test_every_issue_key_is_settable():
         {"d_model": 30, "n_heads": 4},
         {"repeats": 1},
         {"stable_frac": 1.5},
+        {"embed_init": -1.0},
     ],
 )
 def test_config_rejects_impossible_settings(changes):
@@ -240,7 +241,7 @@ def test_hooked_patterns_are_the_models_attention():
 
 
 def test_probe_scores_shapes_and_ranges():
-    model = M.build_model(TINY)
+    model = M.build_model(dataclasses.replace(TINY, embed_init=0.0))  # small logits at init
     probe = D.make_batch(TINY, torch.Generator().manual_seed(0), batch=8)
     with torch.no_grad():
         s = S.probe_scores(model, probe)
@@ -302,3 +303,17 @@ def test_config_is_a_plain_frozen_dataclass():
     assert dataclasses.is_dataclass(cfg)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.lr = 1.0  # type: ignore[misc]
+
+
+def test_embeddings_start_at_the_configured_scale_and_the_rest_as_transformer_lens():
+    from dynmon.experiments.induction.model import build_model
+
+    big = build_model(Config(embed_init=1.0, seed=3))
+    tl = build_model(Config(embed_init=0.0, seed=3))
+    again = build_model(Config(embed_init=1.0, seed=3))
+    for w in (big.W_E, big.W_pos):  # 4096 draws: the sample std is within a few % of 1
+        assert float(w.std()) == pytest.approx(1.0, rel=0.05)
+    for w in (tl.W_E, tl.W_pos):  # TransformerLens' GPT-2 init, 0.8 / sqrt(d_model)
+        assert float(w.std()) == pytest.approx(0.8 / 64**0.5, rel=0.05)
+    assert torch.equal(big.W_E, again.W_E) and torch.equal(big.W_pos, again.W_pos)  # seeded
+    assert torch.equal(big.blocks[0].attn.W_Q, tl.blocks[0].attn.W_Q)  # only embeddings change

@@ -16,11 +16,12 @@ from .config import InductionConfig
 
 
 def build_model(cfg: InductionConfig) -> nn.Module:
-    """A ``TransformerBridge`` booted natively (no download), initialised from ``cfg.seed``."""
+    """A ``TransformerBridge`` booted natively (no download), initialised from ``cfg.seed``;
+    token and positional embeddings drawn N(0, ``cfg.embed_init``²) when that is positive."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
-    return TransformerBridge.boot_native(
+    model = TransformerBridge.boot_native(
         TransformerBridgeConfig(
             d_model=cfg.d_model,
             d_head=cfg.d_model // cfg.n_heads,
@@ -34,6 +35,12 @@ def build_model(cfg: InductionConfig) -> nn.Module:
             device=cfg.device,
         )
     )
+    if cfg.embed_init > 0:  # see config.py for why the embeddings start at N(0, 1)
+        g = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+        with torch.no_grad():
+            for w in (model.W_E, model.W_pos):  # [V, D], [T, D]
+                w.normal_(0.0, cfg.embed_init, generator=g)
+    return model
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
