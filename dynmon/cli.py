@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +57,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"dynmon run {args.pack}: {exc}") from None
     out = Path(args.out) if args.out else new_run_dir(Path("runs"), prefix=f"{args.pack}-{preset}")
+    if out.exists() and any(out.iterdir()):
+        if not args.overwrite:  # appending would mix two runs in one metrics.jsonl
+            raise SystemExit(
+                f"dynmon run {args.pack}: {out} already holds a run; choose another --out, or "
+                "pass --overwrite to delete it and start again"
+            )
+        shutil.rmtree(out)
     print(f"dynmon: running {args.pack} preset {preset!r} into {out}", flush=True)
     group = None
     if args.wandb:  # wandb.init reads WANDB_RUN_GROUP; an explicit --group or env var wins
@@ -147,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="shorthand for --set seed=N")
     run.add_argument("--out", help="run folder (default: runs/<pack>-<preset>-<time>)")
     run.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
+    run.add_argument(
+        "--overwrite", action="store_true", help="delete what --out holds instead of refusing"
+    )
     run.add_argument(
         "--group", help="W&B group (default: pack-preset-overrides, the same for every seed)"
     )
