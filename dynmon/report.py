@@ -72,6 +72,19 @@ STYLE = {
     "lines.linewidth": 1.4,
     "savefig.dpi": DPI,
 }
+
+
+def save_figure(fig: Any, run_dir: str | Path, name: str) -> Path:
+    """Write a pack's own figure to ``run_dir/plots/name`` (beside the report's) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(run_dir) / "plots" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 LAYER_KEY = re.compile(r"^dynmon/(?P<metric>[^/]+)/L(?P<layer>\d+)\.(?P<circuit>\w+)$")
 
 

@@ -14,6 +14,18 @@ def weights(model: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach() for name, p in _matrices(model).items()}
 
 
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """Parameters with ``requires_grad``, each memory once (a TransformerLens bridge lists some
+    under two names): what an optimizer should be given."""
+    seen: set[int] = set()
+    out = []
+    for p in model.parameters():
+        if p.requires_grad and p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            out.append(p)
+    return out
+
+
 def grads(model: nn.Module) -> dict[str, Tensor]:
     """Detached ``.grad`` of the matrices ``weights`` lists, for those that have one."""
     return {name: p.grad.detach() for name, p in _matrices(model).items() if p.grad is not None}

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dynmon.adapters.params import trainable_parameters as trainable  # noqa: F401
+
 from .config import GrokkingConfig
 
 
@@ -47,17 +49,6 @@ def build_model(cfg: GrokkingConfig) -> nn.Module:
                     param.zero_()
                     param.requires_grad_(False)
     return model
-
-
-def trainable(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters the optimizer updates (storage-deduplicated)."""
-    seen: set[int] = set()
-    out = []
-    for p in model.parameters():
-        if p.requires_grad and p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            out.append(p)
-    return out
 
 
 def logits_at_eq(model: nn.Module, tokens: Tensor) -> Tensor:

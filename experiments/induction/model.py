@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dynmon.adapters.params import trainable_parameters as trainable  # noqa: F401
+
 from .config import InductionConfig
 
 
@@ -41,17 +43,6 @@ def build_model(cfg: InductionConfig) -> nn.Module:
             for w in (model.W_E, model.W_pos):  # [V, D], [T, D]
                 w.normal_(0.0, cfg.embed_init, generator=g)
     return model
-
-
-def trainable(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters the optimizer updates (storage-deduplicated)."""
-    seen: set[int] = set()
-    out = []
-    for p in model.parameters():
-        if p.requires_grad and p.data_ptr() not in seen:
-            seen.add(p.data_ptr())
-            out.append(p)
-    return out
 
 
 def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from dynmon.report import save_figure
+
 from .timing import running
 
 FIGURE = "induction.png"
@@ -183,8 +185,4 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax_ref.legend(handles=ref_handles, fontsize=7, loc="upper right", ncol=2)
     fig.align_ylabels(axes)
     fig.tight_layout()
-    path = run_dir / "plots" / FIGURE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir, FIGURE)

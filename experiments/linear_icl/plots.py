@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from dynmon.report import save_figure
+
 FIGURE = "linear_icl.png"
 SWEEP_FIGURE = "linear_icl_sweep.png"
 
@@ -87,11 +89,7 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax2.set_xlabel("step")
     ax2.legend(fontsize=8)
     fig.tight_layout()
-    path = run_dir / "plots" / FIGURE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir, FIGURE)
 
 
 def draw_sweep(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
@@ -115,8 +113,4 @@ def draw_sweep(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax.set_ylabel("fresh-data loss")
     ax.legend(title="rank per head")
     fig.tight_layout()
-    path = run_dir / "plots" / SWEEP_FIGURE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, run_dir, SWEEP_FIGURE)
