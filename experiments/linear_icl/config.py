@@ -158,7 +158,14 @@ PRESETS: dict[str, LinearICLConfig] = {
     "staircase-quick": replace(_STAIRCASE, lr=0.04, steps=6001, P=20_000, P_test=50_000),
     "rank-sweep": _SWEEP,
     "rank-sweep-quick": replace(
-        _SWEEP, P=20_000, P_test=50_000, lr=0.04, steps=36_001, look_every=200, sharpness_every=9000
+        _SWEEP,
+        P=20_000,
+        P_test=50_000,
+        lr=0.04,
+        steps=36_001,
+        log_every=20,  # R=1's shortest plateau (m=4) lasts ~460 steps: keep it resolved
+        look_every=200,
+        sharpness_every=9000,
     ),
     "linear-transformer": _LT,
     "linear-transformer-quick": replace(
