@@ -28,7 +28,11 @@ def parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(current, float):
             return float(text)
         if isinstance(current, (list, tuple)):
-            items = json.loads(text) if text.strip().startswith("[") else text.split(",")
+            body = text.strip()
+            try:
+                items = json.loads(body) if body.startswith("[") else body.split(",")
+            except json.JSONDecodeError:  # [.4,.3] or [a,b]: not JSON, still a plain list
+                items = [t.strip() for t in body.strip("[]").split(",") if t.strip()]
             elem = type(current[0]) if current else None
             if elem in (int, float):
                 items = [elem(float(x)) if elem is int else float(x) for x in items]

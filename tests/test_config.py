@@ -34,6 +34,7 @@ def test_types():
     assert c == Cfg(113, 3e-3, "sub", True, (0.5, 0.25, 0.25), "linear")
     assert apply_overrides(Cfg(), ["p=1e4"]).p == 10_000
     assert apply_overrides(Cfg(), ["spectrum=1,2"]).spectrum == (1.0, 2.0)
+    assert apply_overrides(Cfg(), ["spectrum=[.4, .3,.2]"]).spectrum == (0.4, 0.3, 0.2)  # not JSON
 
 
 @pytest.mark.parametrize(
