@@ -47,6 +47,35 @@ class TinyLM(nn.Module):
         return self.unembed(x)  # [B, T, V]
 
 
+def tiny_tl(
+    d_model: int = 16,
+    n_heads: int = 4,
+    n_layers: int = 2,
+    n_ctx: int = 8,
+    d_vocab: int = 16,
+    seed: int = 0,
+    **extra: object,
+) -> nn.Module:
+    """A small attention-only TransformerLens 4 model, built natively (no download)."""
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+
+    cfg = TransformerBridgeConfig(
+        d_model=d_model,
+        d_head=d_model // n_heads,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        n_ctx=n_ctx,
+        d_vocab=d_vocab,
+        attn_only=True,
+        normalization_type=None,
+        seed=seed,
+        device="cpu",
+        **extra,
+    )
+    return TransformerBridge.boot_native(cfg)
+
+
 def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Next-token cross-entropy."""
     logits = model(tokens[:, :-1])

@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from conftest import TinyLM, lm_loss
+from conftest import TinyLM, lm_loss, tiny_tl
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -193,22 +193,7 @@ def test_tiny_transformer_against_dense_and_per_block():
 
 def test_transformer_lens_bridge_block():
     pytest.importorskip("transformer_lens")
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    cfg = TransformerBridgeConfig(
-        d_model=16,
-        d_head=8,
-        n_heads=2,
-        n_layers=1,
-        n_ctx=16,
-        d_vocab=16,
-        attn_only=True,
-        normalization_type=None,
-        seed=0,
-        device="cpu",
-    )
-    model = TransformerBridge.boot_native(cfg)
+    model = tiny_tl(d_model=16, n_heads=2, n_layers=1, n_ctx=16, d_vocab=16)
     tokens = torch.randint(0, 16, (4, 10), generator=torch.Generator().manual_seed(0))
 
     def loss_fn(m, batch):

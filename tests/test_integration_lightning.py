@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_tl
 from torch import nn
 
 import dynmon
@@ -26,14 +27,7 @@ VOCAB, CTX, BATCH = 16, 8, 8
 
 def tl_model() -> nn.Module:
     """A 2-layer attention-only TransformerLens model, built natively (no download)."""
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
-    cfg = TransformerBridgeConfig(
-        d_model=16, d_head=4, n_heads=4, n_layers=2, n_ctx=CTX, d_vocab=VOCAB,
-        attn_only=True, normalization_type=None, seed=0, device="cpu",
-    )  # fmt: skip
-    return TransformerBridge.boot_native(cfg)
+    return tiny_tl(n_ctx=CTX, d_vocab=VOCAB)
 
 
 class LitLM(pl.LightningModule):

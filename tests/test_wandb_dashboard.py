@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_tl
 
 pytest.importorskip("wandb_workspaces")
 pytest.importorskip("wandb")
@@ -29,27 +30,12 @@ WANDB_INTERNAL = {"_runtime", "_step", "_timestamp", "_wandb"}
 def logged_keys(tmp_path_factory) -> set[str]:
     """Every key a real Monitor run (all metric families, curvature, an event) sends to an
     offline W&B run, read back from the run's summary."""
-    from transformer_lens.config import TransformerBridgeConfig
-    from transformer_lens.model_bridge import TransformerBridge
-
     import dynmon
     from dynmon.analyze import final_distance_metric, head_factors
     from dynmon.sinks.wandb import WandbSink
 
     tmp = tmp_path_factory.mktemp("wb")
-    cfg = TransformerBridgeConfig(
-        d_model=16,
-        d_head=4,
-        n_heads=4,
-        n_layers=2,
-        n_ctx=8,
-        d_vocab=12,
-        attn_only=True,
-        normalization_type=None,
-        seed=0,
-        device="cpu",
-    )
-    model = TransformerBridge.boot_native(cfg)
+    model = tiny_tl(d_vocab=12)
     x = torch.randint(0, 12, (4, 8), generator=torch.Generator().manual_seed(0))  # [B, T]
 
     def loss_fn(m, batch):
