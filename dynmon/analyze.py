@@ -44,10 +44,10 @@ import torch
 from torch import Tensor, nn
 
 from dynmon import adapters
-from dynmon.adapters.base import HeadWeights
 from dynmon.keys import head_scalars, key
 from dynmon.metrics import subspace
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
+from dynmon.metrics.table import head_factors
 
 SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
 NOT_WEIGHTS = ("optimizer", "scheduler", "rng_state", "scaler", "training_args", "trainer_state")
@@ -285,15 +285,6 @@ def model_builder(
 
 
 # -- the offline metric --------------------------------------------------------------------------
-def head_factors(heads: list[HeadWeights]) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per-circuit factors ``(A, B)`` with ``M = A Bᵀ``, each ``[L, H, D, dh]``."""
-    W_Q = torch.stack([h.W_Q for h in heads])  # [L, H, D, dh]
-    W_K = torch.stack([h.W_K for h in heads])  # [L, H, D, dh]
-    W_V = torch.stack([h.W_V for h in heads])  # [L, H, D, dh]
-    W_O = torch.stack([h.W_O for h in heads])  # [L, H, dh, D]
-    return {"QK": (W_Q, W_K), "OV": (W_V, W_O.mT)}
-
-
 def final_distance_metric(final: Mapping[str, tuple[Tensor, Tensor]]) -> MetricSpec:
     """The seed paper's distance of each head's QK/OV to its final matrix, as a metric row."""
 

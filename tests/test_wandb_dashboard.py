@@ -31,7 +31,8 @@ def logged_keys(tmp_path_factory) -> set[str]:
     """Every key a real Monitor run (all metric families, curvature, an event) sends to an
     offline W&B run, read back from the run's summary."""
     import dynmon
-    from dynmon.analyze import final_distance_metric, head_factors
+    from dynmon.analyze import final_distance_metric
+    from dynmon.metrics.table import head_factors
     from dynmon.sinks.wandb import WandbSink
 
     tmp = tmp_path_factory.mktemp("wb")

@@ -195,10 +195,8 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 
 
-def head_inputs(heads, need_vectors: bool) -> tuple[dict[str, Tensor], dict[str, tuple]]:
-    """Per-circuit spectra ``[L, H, dh]`` (and SVDs) of all heads, one batched call per circuit."""
-    if not heads:
-        return {}, {}
+def head_factors(heads) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-circuit factors ``(A, B)`` of all heads, ``M = A Bᵀ``, each ``[L, H, D, dh]``."""
     shapes = {tuple(tuple(t.shape) for t in (h.W_Q, h.W_K, h.W_V, h.W_O)) for h in heads}
     if len(shapes) != 1:
         raise ValueError(
@@ -209,9 +207,15 @@ def head_inputs(heads, need_vectors: bool) -> tuple[dict[str, Tensor], dict[str,
     W_K = torch.stack([h.W_K for h in heads])  # [L, H, D, dh]
     W_V = torch.stack([h.W_V for h in heads])  # [L, H, D, dh]
     W_O = torch.stack([h.W_O for h in heads])  # [L, H, dh, D]
-    factors = {"QK": (W_Q, W_K), "OV": (W_V, W_O.mT)}
+    return {"QK": (W_Q, W_K), "OV": (W_V, W_O.mT)}
+
+
+def head_inputs(heads, need_vectors: bool) -> tuple[dict[str, Tensor], dict[str, tuple]]:
+    """Per-circuit spectra ``[L, H, dh]`` (and SVDs) of all heads, one batched call per circuit."""
+    if not heads:
+        return {}, {}
     spectra, svd = {}, {}
-    for circuit, (A, B) in factors.items():
+    for circuit, (A, B) in head_factors(heads).items():
         if need_vectors:
             U, S, V = spectral.circuit_svd(A, B)
             svd[circuit] = (U, S, V)

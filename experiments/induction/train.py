@@ -51,18 +51,21 @@ def detectors(cfg: InductionConfig) -> list[Any]:
     ]
 
 
-def head_weights(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-    """``W_Q, W_K, W_V [L, H, D, dh]`` and ``W_O [L, H, dh, D]``, copied to the CPU."""
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # circuit -> (A, B), M = A Bᵀ
+
+
+def head_weights(model: torch.nn.Module) -> Factors:
+    """Every head's QK and OV factors ``[L, H, D, dh]`` (``head_factors``), copied to the CPU."""
     import dynmon
+    from dynmon.metrics.table import head_factors
 
-    heads = dynmon.heads(model)
-    return tuple(
-        torch.stack([getattr(h, name) for h in heads]).detach().to("cpu", copy=True)
-        for name in ("W_Q", "W_K", "W_V", "W_O")
-    )  # each [L, H, ...]
+    return {
+        c: (A.detach().to("cpu", copy=True), B.detach().to("cpu", copy=True))
+        for c, (A, B) in head_factors(dynmon.heads(model)).items()
+    }
 
 
-def distance_to_final(history: dict[int, tuple[torch.Tensor, ...]]) -> dict[str, Any]:
+def distance_to_final(history: dict[int, Factors]) -> dict[str, Any]:
     """The seed paper's offline measure: every head's QK and OV against its final matrix.
 
     ``‖M_final (I − M_t⁺ M_t)‖_F / ‖M_final‖_F`` per head (``projection_residual_factored``),
@@ -71,12 +74,13 @@ def distance_to_final(history: dict[int, tuple[torch.Tensor, ...]]) -> dict[str,
     from dynmon.metrics.subspace import projection_residual_factored
 
     steps = sorted(history)
-    W_Q, W_K, W_V, W_O = (torch.stack([history[s][i] for s in steps]) for i in range(4))
-    # [N, L, H, D, dh] (W_O: [N, L, H, dh, D])
-    last = (W_Q[-1:], W_K[-1:], W_V[-1:], W_O[-1:])
-    qk = projection_residual_factored(W_Q, W_K, last[0], last[1])  # [N, L, H]
-    ov = projection_residual_factored(W_V, W_O.mT, last[2], last[3].mT)  # [N, L, H]
-    return {"steps": steps, "QK": qk.double().numpy(), "OV": ov.double().numpy()}
+    out: dict[str, Any] = {"steps": steps}
+    for circuit in ("QK", "OV"):
+        A = torch.stack([history[s][circuit][0] for s in steps])  # [N, L, H, D, dh]
+        B = torch.stack([history[s][circuit][1] for s in steps])  # [N, L, H, D, dh]
+        d = projection_residual_factored(A, B, A[-1:], B[-1:])  # [N, L, H]
+        out[circuit] = d.double().numpy()
+    return out
 
 
 def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dict:
@@ -101,7 +105,7 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
     }
     if cfg.sharpness_every:
         metrics["sharpness"] = dynmon.every(cfg.sharpness_every)
-    history: dict[int, tuple[torch.Tensor, ...]] = {}
+    history: dict[int, Factors] = {}
 
     mon = dynmon.Monitor(
         model,
@@ -162,7 +166,7 @@ def summarize(
     model: torch.nn.Module,
     probe: Any,
     mon: Any,
-    history: dict[int, tuple[torch.Tensor, ...]],
+    history: dict[int, Factors],
 ) -> dict[str, Any]:
     """Emergence, final task metrics, which heads formed, stabilisation steps, lead times."""
     import dynmon
@@ -217,7 +221,7 @@ def summarize(
 
 
 def stabilisation(
-    cfg: InductionConfig, run_: Any, history: dict[int, tuple[torch.Tensor, ...]], emergence
+    cfg: InductionConfig, run_: Any, history: dict[int, Factors], emergence
 ) -> dict[str, Any]:
     """Subspace-stabilisation steps (online and final-reference) and their lead over emergence."""
     qs, qk = run_.series("dynmon/subspace_dist/QK")
