@@ -145,12 +145,20 @@ def _cmd_wandb_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynmon", description=__doc__)
+    from dynmon.experiments import PACKS  # a name table: imports no pack
+
+    packs = ", ".join(PACKS)
+    parser = argparse.ArgumentParser(
+        prog="dynmon",
+        description="Watch a PyTorch transformer while it trains: run an experiment pack with "
+        "the monitor attached, list a pack's presets, draw a run folder's report, or analyse "
+        f"saved checkpoints. Experiment packs: {packs} (dynmon presets PACK lists their presets).",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run an experiment pack with the monitor attached")
-    run.add_argument("pack", help="grokking, induction or linear-icl")
-    run.add_argument("--preset", help="preset name (see `dynmon presets PACK`)")
+    run.add_argument("pack", choices=list(PACKS), help=f"experiment pack: {packs}")
+    run.add_argument("--preset", help="preset name (dynmon presets PACK lists them)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     run.add_argument("--seed", type=int, help="shorthand for --set seed=N")
     run.add_argument("--out", help="run folder (default: runs/<pack>-<preset>-<time>)")
@@ -164,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     presets = sub.add_parser("presets", help="list a pack's presets and their keys")
-    presets.add_argument("pack")
+    presets.add_argument("pack", choices=list(PACKS), help=f"experiment pack: {packs}")
     presets.set_defaults(func=_cmd_presets)
 
     report = sub.add_parser("report", help="draw the plots and index.html of a run folder")

@@ -15,7 +15,17 @@ times), ``train`` (the loop).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .config import DEFAULT_PRESET, PRESETS, Config, GrokkingConfig
-from .train import run
 
 __all__ = ["DEFAULT_PRESET", "PRESETS", "Config", "GrokkingConfig", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` loads on first use: the loop imports torch; listing presets must not wait for it."""
+    if name == "run":
+        from .train import run
+
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .data import OPS
+OPS = ("add", "sub", "mul", "div")  # here, not in data.py, so presets load without torch
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-OPS = ("add", "sub", "mul", "div")
+from .config import OPS
 
 
 def operands(p: int, op: str) -> tuple[Tensor, Tensor]:

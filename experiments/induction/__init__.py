@@ -39,7 +39,17 @@ stabilisation, lead), ``train`` (the loop), ``plots`` (``plots/induction.png``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .config import DEFAULT_PRESET, PRESETS, Config, InductionConfig
-from .train import run
 
 __all__ = ["DEFAULT_PRESET", "PRESETS", "Config", "InductionConfig", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    """``run`` loads on first use: the loop imports torch; listing presets must not wait for it."""
+    if name == "run":
+        from .train import run
+
+        return run
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

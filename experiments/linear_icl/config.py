@@ -32,6 +32,7 @@ wall time of ``dynmon run`` including set-up and report; ``-quick`` ones all < 2
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 MODELS = ("attn_m", "attn_s", "linear_transformer")
@@ -82,9 +83,33 @@ class LinearICLConfig:
         if self.sharpness_every < 0:
             raise ValueError(f"sharpness_every must be >= 0, got {self.sharpness_every}")
         parse_ranks(self.ranks)
-        from .data import parse_spectrum
+        spectrum_values(self.spectrum, self.D)  # a clear error now rather than at run time
 
-        parse_spectrum(self.spectrum, self.D)  # a clear error now rather than at run time
+
+def spectrum_values(text: str, D: int) -> list[float]:
+    """Eigenvalues of Λ, descending: ``linear`` (∝ k, trace 1), ``flat`` (1/D) or a list.
+
+    Plain floats (no torch), so configs and presets load without importing torch.
+    """
+    rule = text.strip().lower()
+    if rule == "linear":
+        return [k / (D * (D + 1) / 2) for k in range(D, 0, -1)]
+    if rule in ("flat", "isotropic", "white"):
+        return [1.0 / D] * D
+    body = rule.strip("[]() ")
+    try:
+        values = [float(t) for t in body.replace(" ", ",").split(",") if t]
+    except ValueError:
+        raise ValueError(
+            f"spectrum {text!r}: give a rule (linear, flat) or D={D} eigenvalues like "
+            "'.4,.3,.2,.1' or '[.4,.3,.2,.1]'"
+        ) from None
+    if len(values) != D or any(not math.isfinite(v) or v <= 0 for v in values):
+        raise ValueError(
+            f"spectrum {text!r}: need D={D} positive eigenvalues, got {len(values)} values "
+            f"{values}; set D to match or pass a rule (linear, flat)"
+        )
+    return sorted(values, reverse=True)
 
 
 def parse_ranks(text: str) -> list[int]:

@@ -17,37 +17,19 @@ error on a sequence is ``(u − w)ᵀ Λ (u − w)``, so it needs only ``E[C_p C
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .config import spectrum_values
+
 CHUNK = 8192  # sequences per pass when building statistics
 
 
 def parse_spectrum(text: str, D: int) -> Tensor:
-    """Eigenvalues of Λ, descending: ``linear`` (∝ k, trace 1), ``flat`` (1/D) or a list."""
-    rule = text.strip().lower()
-    if rule == "linear":
-        lam = torch.arange(D, 0, -1, dtype=torch.float64)
-        return lam / lam.sum()
-    if rule in ("flat", "isotropic", "white"):
-        return torch.full((D,), 1.0 / D, dtype=torch.float64)
-    body = rule.strip("[]() ")
-    try:
-        values = [float(t) for t in body.replace(" ", ",").split(",") if t]
-    except ValueError:
-        raise ValueError(
-            f"spectrum {text!r}: give a rule (linear, flat) or D={D} eigenvalues like "
-            "'.4,.3,.2,.1' or '[.4,.3,.2,.1]'"
-        ) from None
-    if len(values) != D or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(
-            f"spectrum {text!r}: need D={D} positive eigenvalues, got {len(values)} values "
-            f"{values}; set D to match or pass a rule (linear, flat)"
-        )
-    return torch.tensor(sorted(values, reverse=True), dtype=torch.float64)
+    """Eigenvalues of Λ, descending, as a float64 tensor (see ``config.spectrum_values``)."""
+    return torch.tensor(spectrum_values(text, D), dtype=torch.float64)
 
 
 def random_orthogonal(D: int, generator: torch.Generator) -> Tensor:
