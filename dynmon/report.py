@@ -15,8 +15,6 @@ figures whose data is absent (a run with only a loss gets only the loss figure):
 
 from __future__ import annotations
 
-import html
-import json
 import math
 import re
 import warnings
@@ -88,32 +86,36 @@ def save_figure(fig: Any, run_dir: str | Path, name: str) -> Path:
 LAYER_KEY = re.compile(r"^dynmon/(?P<metric>[^/]+)/L(?P<layer>\d+)\.(?P<circuit>\w+)$")
 
 
-def make_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw a run folder's figures into ``<out>/plots/`` and write ``<out>/index.html`` (``out``
-    defaults to the run folder); returns the path of ``index.html``."""
-    import matplotlib
+def make_report(run_dir: str | Path, out: str | Path | None = None, *, png: bool = True) -> Path:
+    """Write a run folder's interactive page ``<out>/index.html`` (plotly.js beside it; see
+    ``dynmon.page``) and, with ``png``, its static figures into ``<out>/plots/`` (for papers;
+    the page shows them too). ``out`` defaults to the run folder; returns the page's path."""
+    from dynmon.page import RunTail
 
-    run = load_run(run_dir)
+    tail = RunTail(run_dir)  # a missing folder or metrics.jsonl raises here, before any output
+    tail.update()
     out = Path(out) if out is not None else Path(run_dir)
-    plots = out / "plots"
-    plots.mkdir(parents=True, exist_ok=True)
     drawn: list[tuple[str, str]] = []
     failed: list[str] = []
-    with matplotlib.rc_context(STYLE):
-        for name, draw, caption in FIGURES:
-            try:
-                fig = draw(run)
-            except Exception as exc:  # one broken figure must not cost the rest of the report
-                warnings.warn(f"dynmon report: {name}.png failed: {exc!r}", RuntimeWarning, 2)
-                failed.append(f"{name}.png: {exc!r}")
-                continue
-            if fig is None:
-                continue
-            fig.savefig(plots / f"{name}.png", dpi=DPI)
-            drawn.append((f"plots/{name}.png", caption))
-    index = out / "index.html"
-    index.write_text(_html(run, drawn, failed), encoding="utf-8")
-    return index
+    if png:
+        import matplotlib
+
+        run = load_run(run_dir)
+        plots = out / "plots"
+        plots.mkdir(parents=True, exist_ok=True)
+        with matplotlib.rc_context(STYLE):
+            for name, draw, caption in FIGURES:
+                try:
+                    fig = draw(run)
+                except Exception as exc:  # one broken figure must not cost the rest of the report
+                    warnings.warn(f"dynmon report: {name}.png failed: {exc!r}", RuntimeWarning, 2)
+                    failed.append(f"{name}.png: {exc!r}")
+                    continue
+                if fig is None:
+                    continue
+                fig.savefig(plots / f"{name}.png", dpi=DPI)
+                drawn.append((f"plots/{name}.png", caption))
+    return _html(tail, out, drawn, failed)
 
 
 # -- reading series out of a run ------------------------------------------------------------------
@@ -665,89 +667,9 @@ FIGURES: list[tuple[str, Callable[[Run], Any], str]] = [
 
 
 # -- the page -------------------------------------------------------------------------------------
-def _flatten(d: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(d, dict):
-        rows = []
-        for k, v in d.items():
-            rows += _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-        return rows or [(prefix, "{}")]
-    return [(prefix, d)]
+def _html(tail: Any, out: Path, drawn: list[tuple[str, str]], failed: list[str]) -> Path:
+    """Write the interactive page of the run ``tail`` holds into ``out``, the PNGs ``drawn``
+    shown as the static figures and those that ``failed`` listed; returns its path."""
+    from dynmon.page import write_run_page
 
-
-def _fmt(v: Any) -> str:
-    """A table cell: short floats, JSON for lists and dicts (long lists cut at 20 items)."""
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}" if math.isfinite(v) else str(v)
-    if isinstance(v, list) and len(v) > 20:
-        return json.dumps(v[:20], default=str)[:-1] + f", … ({len(v)} items)]"
-    if isinstance(v, (list, dict)):
-        return json.dumps(v, default=str)
-    return str(v)
-
-
-def _table(rows: list[tuple[str, Any]], head: tuple[str, str] = ("key", "value")) -> str:
-    if not rows:
-        return "<p class=empty>none</p>"
-    body = "".join(
-        f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>" for k, v in rows
-    )
-    return f"<table><tr><th>{head[0]}</th><th>{head[1]}</th></tr>{body}</table>"
-
-
-def _events_table(events: list[dict[str, Any]]) -> str:
-    if not events:
-        return "<p class=empty>no events detected</p>"
-    cols = ["step", "kind", "key", "value", "message"]
-    rows = []
-    for e in events:
-        value = e.get("value", e.get("level"))
-        cells = [e.get("step", ""), e.get("kind", ""), e.get("key", ""), value, e.get("message")]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
-
-
-def _html(run: Run, drawn: list[tuple[str, str]], failed: list[str]) -> str:
-    name = html.escape(run.name)
-    steps = [r["step"] for r in run.metrics]
-    span = f"steps {min(steps)}–{max(steps)}, {len(steps)} logged" if steps else "no steps logged"
-    figures = "\n".join(
-        f'<figure id="{Path(src).stem}"><img src="{src}" alt="{html.escape(cap)}">'
-        f"<figcaption>{html.escape(cap)}</figcaption></figure>"
-        for src, cap in drawn
-    )
-    contents = " · ".join(f'<a href="#{Path(src).stem}">{Path(src).stem}</a>' for src, _ in drawn)
-    problems = (
-        "<h2>Figures that failed</h2><ul>"
-        + "".join(f"<li>{html.escape(f)}</li>" for f in failed)
-        + "</ul>"
-        if failed
-        else ""
-    )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>dynmon · {name}</title>
-<style>
-body {{ font: 14px/1.45 system-ui, sans-serif; max-width: 1000px; margin: 2em auto;
-       padding: 0 1em; color: #222; }}
-h1 {{ margin-bottom: 0; }} .sub {{ color: #666; margin-top: .2em; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; border: 1px solid #eee; }}
-figcaption {{ color: #555; font-size: 13px; }}
-table {{ border-collapse: collapse; font-size: 13px; margin: .5em 0; }}
-td, th {{ border: 1px solid #ddd; padding: 2px 8px; text-align: left; vertical-align: top; }}
-th {{ background: #f4f4f4; }} .empty {{ color: #888; }}
-</style></head><body>
-<h1>{name}</h1>
-<p class="sub">{html.escape(str(run.path))} · {span} · {len(run.events)} events</p>
-<p>{contents}</p>
-{figures}
-{problems}
-<h2>Events</h2>
-{_events_table(_events(run))}
-<h2>Summary</h2>
-{_table(_flatten(run.summary))}
-<h2>Configuration</h2>
-{_table(_flatten(run.config))}
-</body></html>
-"""
+    return write_run_page(tail.path, out, tail=tail, static=drawn, failed=failed)
