@@ -1,4 +1,5 @@
-"""Command line: ``dynmon run PACK``, ``dynmon presets PACK``, ``dynmon report RUN_DIR``,
+"""Command line: ``dynmon run PACK``, ``dynmon presets PACK``, ``dynmon report RUN_DIR [--watch]``,
+``dynmon compare RUN_DIR... --out DIR``,
 ``dynmon analyze CKPT_DIR --out RUN_DIR``, ``dynmon wandb-dashboard --entity E --project P``."""
 
 from __future__ import annotations
@@ -97,11 +98,38 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from dynmon.report import make_report
 
+    out = getattr(args, "out", None)
     try:
-        index = make_report(Path(args.run_dir))
+        if args.watch:
+            from dynmon.page import watch
+
+            print(f"dynmon: watching {args.run_dir} every {args.interval:g} s (Ctrl-C stops)")
+            index = watch(
+                Path(args.run_dir),
+                out,
+                args.interval,
+                on_write=lambda index, tail: print(
+                    f"dynmon: page updated at {index} ({tail.lines_read} lines read)", flush=True
+                ),
+            )
+            if args.png:  # the static figures once, when watching stops
+                index = make_report(Path(args.run_dir), out)
+        else:
+            index = make_report(Path(args.run_dir), out, png=args.png)
     except FileNotFoundError as exc:
         raise SystemExit(f"dynmon report: {exc}") from None
     print(f"dynmon: report at {index}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from dynmon.page import write_compare_page
+
+    try:
+        index = write_compare_page([Path(p) for p in args.run_dirs], Path(args.out))
+    except FileNotFoundError as exc:
+        raise SystemExit(f"dynmon compare: {exc}") from None
+    print(f"dynmon: comparison at {index}")
     return 0
 
 
@@ -177,7 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="draw the plots and index.html of a run folder")
     report.add_argument("run_dir")
+    report.add_argument(
+        "--png",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also draw the static PNG figures into plots/ (with --watch: once, at the end)",
+    )
+    report.add_argument(
+        "--watch",
+        action="store_true",
+        help="rewrite the page as the run grows, reading only new lines, until Ctrl-C",
+    )
+    report.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between --watch updates (default 2)"
+    )
     report.set_defaults(func=_cmd_report)
+
+    compare = sub.add_parser(
+        "compare",
+        help="one page across runs: curves overlaid, seeds as median and band, config differences",
+    )
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more run folders")
+    compare.add_argument("--out", required=True, help="folder for index.html")
+    compare.set_defaults(func=_cmd_compare)
 
     analyze = sub.add_parser(
         "analyze",
