@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
+import os
+import threading
+import time
+import typing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -19,12 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from dynmon import adapters, distributed
-from dynmon.metrics.spec import LookContext, MetricSpec, Output
+from dynmon.metrics.spec import LookContext, MetricSpec, Need, Output
 from dynmon.metrics.table import METRICS, PRESETS, head_inputs
 from dynmon.metrics.timeseries import AutocorrCurvature, NormCurvature
 from dynmon.schedule import Schedule, as_schedule, every, logspace
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
+KNOWN_NEEDS = frozenset(typing.get_args(Need))  # what a MetricSpec may declare in ``needs``
+HEAD_NEEDS = frozenset({"heads", "head_spectra", "head_svd"})
 
 
 def default_schedule() -> Schedule:
@@ -92,6 +99,119 @@ def _to_plain(value: Any) -> Any:
     return repr(value)
 
 
+def _check_output(name: str, out: Any) -> Output | None:
+    """The metric's result if it has the shape of an ``Output``; a ``TypeError`` saying what
+    came back otherwise (isolated like any failing metric)."""
+    if out is None:
+        return None
+    if not isinstance(out, Output):
+        raise TypeError(
+            f"metric {name!r} returned a {type(out).__name__}, not a dynmon Output; return "
+            "Output(scalars={key: value}, arrays={key: tensor})"
+        )
+    if not isinstance(out.scalars, Mapping) or not isinstance(out.arrays, Mapping):
+        raise TypeError(f"metric {name!r}: Output.scalars and Output.arrays must be dicts")
+    for k, v in out.scalars.items():
+        ok = isinstance(v, Tensor) and v.numel() == 1
+        ok = ok or (
+            isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        )
+        if not ok:
+            what = f"a tensor of shape {tuple(v.shape)}" if isinstance(v, Tensor) else repr(v)
+            raise TypeError(f"metric {name!r}: scalar {k!r} is {what}; give one number")
+    for k, v in out.arrays.items():
+        if not isinstance(v, Tensor):
+            raise TypeError(f"metric {name!r}: array {k!r} is a {type(v).__name__}, not a tensor")
+    return out
+
+
+class _Watchdog:
+    """Warn from a timer thread when a metric runs past ``timeout_s``; ``elapsed`` afterwards.
+
+    Python cannot interrupt the metric: training waits for it either way. The warning only says
+    which metric is holding the look up; the Monitor switches it off once it returns.
+    """
+
+    def __init__(self, name: str, step: int, timeout_s: float) -> None:
+        self.name, self.step, self.timeout_s = name, step, timeout_s
+        self.elapsed = 0.0
+        self._timer = threading.Timer(timeout_s, self._bark)
+        self._timer.daemon = True
+
+    def _bark(self) -> None:
+        warnings.warn(
+            f"dynmon: metric {self.name!r} has run for more than metric_timeout_s="
+            f"{self.timeout_s:g} s at step {self.step} (pid {os.getpid()}); Python cannot "
+            "interrupt it, so training waits until it returns; it is then switched off",
+            RuntimeWarning,
+            2,
+        )
+
+    def __enter__(self) -> _Watchdog:
+        self._start = time.perf_counter()
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self.elapsed = time.perf_counter() - self._start
+
+
+def _degenerate(layers: list[Any]) -> str | None:
+    """Why per-head metrics cannot run on these extracted heads (None: they can)."""
+    for h in layers:
+        H, D, dh = h.n_heads, h.d_model, h.d_head
+        if min(H, D, dh) < 1:
+            return (
+                f"attention layer {h.name} has n_heads={H}, d_model={D}, d_head={dh}: a head "
+                "needs at least one dimension of each"
+            )
+        if tuple(h.W_Q.shape) != (H, D, dh) or tuple(h.W_O.shape) != (H, dh, D):
+            return (
+                f"attention layer {h.name}: W_Q {tuple(h.W_Q.shape)} / W_O {tuple(h.W_O.shape)} "
+                f"do not match n_heads={H}, d_model={D}, d_head={dh} ([H, D, dh] / [H, dh, D])"
+            )
+    return None
+
+
+def _check_args(
+    model: Any, run_dir: Any, strict: Any, options: Any, seed: Any, reference_step: Any
+) -> None:
+    """Refuse arguments of the wrong kind at construction, saying what was expected."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Monitor(model=...) needs a torch nn.Module, got a {type(model).__name__}")
+    if run_dir is not None and not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir must be a folder path (str or Path), got {run_dir!r}")
+    if not isinstance(strict, bool):
+        raise TypeError(f"strict must be True or False, got {strict!r}")
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict of metric options, got {options!r}")
+    for name, value in [("seed", seed), ("reference_step", reference_step)]:
+        if value is not None and (not isinstance(value, (int, np.integer)) or value is True):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+    if seed is None:
+        raise TypeError("seed must be an int, got None")
+    opts = dict(options or {})
+    timeout = opts.get("metric_timeout_s")
+    if timeout is not None and (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, (int, float))
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ValueError(
+            f"options['metric_timeout_s'] must be a positive number of seconds (or None: off), "
+            f"got {timeout!r}"
+        )
+    threads = opts.get("threads", 1)
+    if threads is not None and (
+        isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+    ):
+        raise ValueError(
+            f"options['threads'] must be a positive int (or None: the training's), got {threads!r}"
+        )
+
+
 class Monitor:
     """Watch a model while it trains; call ``step()`` after every ``optimizer.step()``.
 
@@ -99,9 +219,13 @@ class Monitor:
         model: any PyTorch model (DDP / ``torch.compile`` wrappers are looked through).
         run_dir: local run folder; a fresh ``runs/<time>`` when None.
         schedule: when to look (``dynmon.every(k)``, ``dynmon.logspace(a, b, n)``, ``a | b``).
-        metrics: ``"economy"`` (default), ``"full"``, metric names, your own ``MetricSpec``s,
-            or a dict giving some their own schedule:
-            ``{"economy": None, "sharpness": every(500)}``.
+        metrics: ``"economy"`` (default), ``"full"``, metric names, your own ``MetricSpec``s
+            (exactly those), or a dict ``{name or preset or MetricSpec: schedule}`` (None: the
+            Monitor's schedule; False: leave it out). A dict that names no preset *adds* to the
+            economy preset: ``{"sharpness": every(500)}`` is economy plus sharpness. A dict with
+            a preset key *replaces* it: ``{"full": None, ...}``, or ``{"economy": False,
+            "sharpness": every(500)}`` for sharpness alone. A ``MetricSpec`` may not reuse a
+            built-in metric's name, and its ``needs`` must be among ``KNOWN_NEEDS``.
         sinks: ``["local"]`` (default), ``"wandb"``, ``"tensorboard"`` or Sink instances.
         strict: raise on a failing metric instead of reporting it once and switching it off.
         loss_fn, probe_batch: ``loss_fn(model, probe_batch) -> scalar`` for curvature metrics.
@@ -112,7 +236,10 @@ class Monitor:
         options: metric options (``subspace_k``, ``marginal_k``, ``rank_tol``, curvature ``k``...);
             ``threads`` (default 1) is the number of CPU threads a look uses (None: as training);
             ``autocorr_window`` (50 logged losses) for ``dynmon/loss_autocorr_curv`` and
-            ``norm_window`` (7 looks), ``norm_log_time`` for ``dynmon/norm_curvature``.
+            ``norm_window`` (7 looks), ``norm_log_time`` for ``dynmon/norm_curvature``;
+            ``metric_timeout_s`` (default None: off): a metric whose call runs longer is
+            reported by a watchdog thread while it runs and switched off after it returns.
+            Python cannot interrupt a running metric, so training still waits for that call.
         rank: this process's rank; only rank 0 computes and logs unless ``all_ranks=True``.
             Under DDP the other ranks do nothing. Under FSDP2 (``fully_shard``) every rank must
             create the Monitor and call ``step()``: on look steps, and only then, all ranks
@@ -140,6 +267,7 @@ class Monitor:
         rank: int | None = None,
         all_ranks: bool = False,
     ) -> None:
+        _check_args(model, run_dir, strict, options, seed, reference_step)
         self.model = model
         self.strict = strict
         self.loss_fn, self.probe_batch, self.optimizer = loss_fn, probe_batch, optimizer
@@ -172,6 +300,7 @@ class Monitor:
         self._closed = False
         self._train_threads = torch.get_num_threads()
         self.sinks: list[Any] = []
+        self._dropped_sinks: list[Any] = []  # failed once; still offered the summary at close
         self.run_dir: Path | None = None
         self._sharded = distributed.is_sharded(model)
         if self._sharded:
@@ -182,35 +311,60 @@ class Monitor:
                 return
             self._check_heads()
             self._open_sinks(run_dir, sinks)
-            self._config = self._make_config(config, sinks)
-            self._emit("write_config", self._config)
+            try:
+                self._config = self._make_config(config, sinks)
+                self._emit("write_config", self._config)
+            except BaseException:  # a failed start must not keep the run folder locked
+                for sink in self.sinks:
+                    with contextlib.suppress(Exception):
+                        sink.close()
+                raise
 
     # -- set-up ---------------------------------------------------------------------------
     def _resolve_metrics(self, metrics: Any) -> dict[str, tuple[MetricSpec, Schedule | None]]:
-        """Expand presets and names into ``{name: (spec, own schedule or None)}``."""
+        """Expand presets and names into ``{name: (spec, own schedule or None)}``.
+
+        A dict that names no preset adds to ``economy``; one with a preset key replaces it; a
+        value of False leaves that metric (or preset) out. Presets expand before single names,
+        so a name's own schedule wins over its preset's.
+        """
         if metrics is None:
             metrics = "economy"
-        items: list[tuple[str, Any]]
-        if isinstance(metrics, str):
+        items: list[tuple[Any, Any]]
+        if isinstance(metrics, (str, MetricSpec)):
             items = [(metrics, None)]
         elif isinstance(metrics, Mapping):
             items = list(metrics.items())
-        else:
+            if not any(isinstance(k, str) and k in PRESETS for k in metrics):
+                items.insert(0, ("economy", None))  # extras add to the default preset
+        elif isinstance(metrics, Iterable) and not isinstance(metrics, (bytes, Tensor)):
             items = [(m, None) for m in metrics]
+        else:
+            raise TypeError(
+                f"metrics={metrics!r} is a {type(metrics).__name__}; pass a preset name "
+                f"({', '.join(sorted(PRESETS))}), a list of metric names or MetricSpecs, or a "
+                'dict {name: schedule}, e.g. {"sharpness": dynmon.every(500)}'
+            )
+        items.sort(key=lambda kv: not (isinstance(kv[0], str) and kv[0] in PRESETS))
         resolved: dict[str, tuple[MetricSpec, Schedule | None]] = {}
         for name, sched in items:
-            own = None if sched is None else as_schedule(sched)
-            if isinstance(name, MetricSpec):  # a user's own metric
-                resolved[name.name] = (name, own)
+            specs = self._specs_of(name)
+            if sched is False:
+                for spec in specs:
+                    resolved.pop(spec.name, None)
                 continue
-            names = PRESETS.get(name, (name,))
-            for n in names:
-                if n not in METRICS:
+            try:
+                own = None if sched is None else as_schedule(sched)
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"metrics[{_label(name)!r}]: {exc}") from None
+            for spec in specs:
+                held = resolved.get(spec.name)
+                if held is not None and held[0] is not spec:
                     raise ValueError(
-                        f"unknown metric {n!r}; choose presets {sorted(PRESETS)} or metrics "
-                        f"{sorted(METRICS)}"
+                        f"two different metrics are named {spec.name!r}; give each MetricSpec "
+                        "its own name"
                     )
-                resolved[n] = (METRICS[n], own)
+                resolved[spec.name] = (spec, own)
         curvature = [n for n, (s, _) in resolved.items() if "curvature" in s.needs]
         if curvature and (self.loss_fn is None or self.probe_batch is None):
             raise ValueError(
@@ -218,6 +372,44 @@ class Monitor:
                 "loss_fn=lambda model, batch: <scalar loss> and probe_batch=<batch> to Monitor"
             )
         return resolved
+
+    @staticmethod
+    def _specs_of(name: Any) -> list[MetricSpec]:
+        """The specs one ``metrics`` entry stands for, checked (built-in names are reserved)."""
+        if isinstance(name, MetricSpec):
+            builtin = METRICS.get(name.name)
+            if builtin is not None and builtin is not name:
+                raise ValueError(
+                    f"your MetricSpec is named {name.name!r}, the name of a built-in metric; "
+                    f"rename it (e.g. 'my_{name.name}') so both can be logged"
+                )
+            if isinstance(name.needs, str) or not all(isinstance(n, str) for n in name.needs):
+                raise TypeError(
+                    f"MetricSpec {name.name!r}: needs must be a set of strings, e.g. "
+                    f"frozenset({{'heads'}}), got {name.needs!r}"
+                )
+            unknown = sorted(set(name.needs) - KNOWN_NEEDS)
+            if unknown:
+                raise ValueError(
+                    f"MetricSpec {name.name!r} needs {unknown}, which the Monitor does not "
+                    f"provide; known needs: {sorted(KNOWN_NEEDS)}"
+                )
+            if not callable(name.compute):
+                raise TypeError(f"MetricSpec {name.name!r}: compute must be callable")
+            return [name]
+        if not isinstance(name, str):
+            raise TypeError(
+                f"metrics entry {name!r} is a {type(name).__name__}; use a metric name, a preset "
+                "name or a MetricSpec"
+            )
+        names = PRESETS.get(name, (name,))
+        unknown = [n for n in names if n not in METRICS]
+        if unknown:
+            raise ValueError(
+                f"unknown metric {unknown[0]!r}; choose presets {sorted(PRESETS)} or metrics "
+                f"{sorted(METRICS)}"
+            )
+        return [METRICS[n] for n in names]
 
     def _disable_unshardable(self) -> None:
         """Switch off metrics a sharded (FSDP2) model cannot serve, with one warning."""
@@ -245,21 +437,35 @@ class Monitor:
         )
 
     def _check_heads(self) -> None:
-        """Drop per-head metrics (with one warning) when the model has no attention we know."""
-        head_needs = {"heads", "head_spectra", "head_svd"}
-        wanted = [n for n, (s, _) in self._metrics.items() if s.needs & head_needs]
+        """Drop per-head metrics (with one warning) when the adapters cannot give usable heads:
+        no attention they know, an adapter that raises anything, or degenerate shapes."""
+        wanted = [n for n, (s, _) in self._metrics.items() if s.needs & HEAD_NEEDS]
         if not wanted:
             return
         try:
-            self._layers = adapters.heads(self.model)
-        except ValueError as exc:
+            layers = adapters.heads(self.model)
+            problem = _degenerate(layers)
+        except Exception as exc:
             if self.strict:
                 raise
-            warnings.warn(
-                f"dynmon: per-head metrics {wanted} switched off: {exc}", RuntimeWarning, 2
+            problem = (
+                "no attention layers found"
+                if isinstance(exc, ValueError)
+                else f"the attention adapter failed: {exc!r}"
             )
-            for n in wanted:
-                self._disabled[n] = "no attention layers found"
+            detail = str(exc)
+        else:
+            if problem is None:
+                self._layers = layers
+                return
+            if self.strict:
+                raise ValueError(problem)
+            detail = problem
+        warnings.warn(
+            f"dynmon: per-head metrics {wanted} switched off: {detail}", RuntimeWarning, 3
+        )
+        for n in wanted:
+            self._disabled[n] = problem
 
     def _open_sinks(self, run_dir: str | Path | None, sinks: Any) -> None:
         from dynmon.runfolder import new_run_dir
@@ -270,7 +476,15 @@ class Monitor:
             self.run_dir = Path(run_dir)
         elif any(isinstance(s, str) for s in specs):  # named sinks write into a run folder
             self.run_dir = new_run_dir()
-        self.sinks = [make_sink(s, self.run_dir) for s in specs]
+        self.sinks = []
+        try:
+            for s in specs:
+                self.sinks.append(make_sink(s, self.run_dir))
+        except BaseException:  # e.g. the folder is locked: release what was opened
+            for sink in self.sinks:
+                with contextlib.suppress(Exception):
+                    sink.close()
+            raise
 
     def _make_config(self, user_config: Any, sinks: Any) -> dict[str, Any]:
         layers = getattr(self, "_layers", [])
@@ -417,6 +631,10 @@ class Monitor:
                 continue
             scalars.update(out.scalars)
             arrays.update(out.arrays)
+            # -- events a metric detected (Output.events, e.g. head_roles formation events)
+            for ev in out.events:
+                self._record_event(ev)
+            # --
             if out.snapshot is not None:
                 self._snapshots[name] = out.snapshot
                 if is_reference:
@@ -457,17 +675,38 @@ class Monitor:
     def _run_metric(
         self, name: str, spec: MetricSpec, ctx: LookContext, step: int
     ) -> Output | None:
+        """Run one metric; any exception or a result that is not an ``Output`` switches it off.
+
+        With ``options["metric_timeout_s"]`` a watchdog thread warns while a call overruns and
+        the metric is switched off once it returns (its result is still logged): Python cannot
+        interrupt a running call, so training waits for it.
+        """
+        timeout = self.options.get("metric_timeout_s")
+        watch = _Watchdog(name, step, float(timeout)) if timeout else None
         try:
-            if "curvature" in spec.needs:  # forward/backward passes: the training's threads
-                with _intra_op_threads(self._train_threads):
-                    return spec.compute(ctx)
-            with torch.no_grad():
-                return spec.compute(ctx)
+            with watch or contextlib.nullcontext():
+                if "curvature" in spec.needs:  # forward/backward passes: the training's threads
+                    with _intra_op_threads(self._train_threads):
+                        out = spec.compute(ctx)
+                else:
+                    with torch.no_grad():
+                        out = spec.compute(ctx)
+            out = _check_output(name, out)
         except Exception as exc:
             self._fail(name, step, exc)
             return None
+        if watch is not None and watch.elapsed > watch.timeout_s:
+            self._fail(
+                name,
+                step,
+                TimeoutError(
+                    f"took {watch.elapsed:.1f} s, over metric_timeout_s={watch.timeout_s:g}"
+                ),
+                kind="metric_timeout",
+            )
+        return out
 
-    def _fail(self, name: str, step: int, exc: Exception) -> None:
+    def _fail(self, name: str, step: int, exc: Exception, kind: str = "metric_error") -> None:
         """Report a failing metric once and switch it off (or raise when strict)."""
         if self.strict:
             raise MetricError(f"metric {name!r} failed at step {step}: {exc!r}") from exc
@@ -478,7 +717,7 @@ class Monitor:
             4,
         )
         self.log_event(
-            "metric_error",
+            kind,
             step,
             metric=name,
             error=repr(exc),
@@ -530,6 +769,8 @@ class Monitor:
 
     def _record_event(self, event: Mapping[str, Any]) -> None:
         event = _to_plain(dict(event))
+        if "step" not in event:  # every event carries the step it was detected at (resume)
+            event["step"] = self._last_step if self._last_step is not None else 0
         if len(self._events) < MAX_EVENTS:
             self._events.append(event)
         self._emit("write_event", event)
@@ -571,37 +812,50 @@ class Monitor:
                     3,
                 )
                 self.sinks.remove(sink)
+                self._dropped_sinks.append(sink)
 
     def close(self) -> None:
-        """Finish open events, write the summary and flush every sink. Safe to call twice."""
+        """Finish open events, write the summary and flush every sink. Safe to call twice.
+
+        The summary is always attempted, also when a detector fails here or a sink was dropped
+        earlier (a sink that failed to write rows may still take its summary)."""
         if self._closed or not self.active:
             self._closed = True
             return
-        step = self._last_step if self._last_step is not None else 0
-        for det in self._detectors:
-            try:
-                for ev in det.finalize(step):
-                    self._record_event(ev)
-            except Exception as exc:  # never lose the rest of the close
-                warnings.warn(
-                    f"dynmon: detector {det!r} failed at close: {exc!r}", RuntimeWarning, 2
-                )
-        self._summary.setdefault("dynmon", {})
-        self._summary["dynmon"] = {
-            "last_step": self._last_step,
-            "looks": self._looks,
-            "events": len(self._events),
-            "disabled_metrics": dict(self._disabled),
-        }
-        self._emit("write_summary", self._summary)
         self._closed = True
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as exc:
-                warnings.warn(
-                    f"dynmon: closing {type(sink).__name__} failed: {exc!r}", RuntimeWarning, 2
-                )
+        step = self._last_step if self._last_step is not None else 0
+        try:
+            for det in self._detectors:
+                try:
+                    for ev in det.finalize(step):
+                        self._record_event(ev)
+                except Exception as exc:  # never lose the rest of the close
+                    warnings.warn(
+                        f"dynmon: detector {det!r} failed at close: {exc!r}", RuntimeWarning, 2
+                    )
+        finally:
+            self._summary.setdefault("dynmon", {})
+            self._summary["dynmon"] = {
+                "last_step": self._last_step,
+                "looks": self._looks,
+                "events": len(self._events),
+                "disabled_metrics": dict(self._disabled),
+            }
+            for sink in [*self.sinks, *self._dropped_sinks]:
+                try:
+                    sink.write_summary(self._summary)
+                except Exception as exc:
+                    warnings.warn(
+                        f"dynmon: {type(sink).__name__} could not write the summary: {exc!r}",
+                        RuntimeWarning,
+                        2,
+                    )
+                try:
+                    sink.close()
+                except Exception as exc:
+                    warnings.warn(
+                        f"dynmon: closing {type(sink).__name__} failed: {exc!r}", RuntimeWarning, 2
+                    )
 
     def __enter__(self) -> Monitor:
         return self
@@ -613,7 +867,7 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue its histories (``torch.save``-able)."""
         return {
-            "version": 1,
+            "version": 2,
             "next_step": self._next_step,
             "last_step": self._last_step,
             "looks": self._looks,
@@ -622,6 +876,7 @@ class Monitor:
             "disabled": dict(self._disabled),
             "generator": self._generator.get_state(),
             "summary": dict(self._summary),
+            "events": list(self._events),
             "detectors": [
                 {"type": type(d).__name__, "keys": list(d.keys), "state": d.state_dict()}
                 for d in self._detectors
@@ -632,9 +887,18 @@ class Monitor:
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue from ``state_dict()``: step counter, snapshots, references, detectors."""
-        if state.get("version") != 1:
-            raise ValueError(f"unknown dynmon Monitor state version {state.get('version')!r}")
+        """Continue from ``state_dict()``: step counter, snapshots, references, detectors, events.
+
+        The events detected after the saved step (by the run that crashed after saving it) are
+        dropped from the sinks that can (``events.jsonl``), since the resumed run detects them
+        again: a crash-and-resume run ends with the events of an uninterrupted one.
+        """
+        if not isinstance(state, Mapping) or state.get("version") not in (1, 2):
+            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(
+                f"unknown dynmon Monitor state version {got!r}: pass what Monitor.state_dict() "
+                "returned (versions 1 and 2 are read)"
+            )
         self._next_step = int(state["next_step"])
         self._last_step = state["last_step"]
         self._looks = int(state["looks"])
@@ -644,6 +908,9 @@ class Monitor:
         self._generator.set_state(state["generator"])
         self._summary = dict(state.get("summary", {}))
         self._seen_keys = set(state.get("seen_keys", []))
+        self._events = [dict(e) for e in state.get("events", [])]
+        if self.active:
+            self._drop_events_after(self._last_step)
         if "loss_autocorr" in state:
             self._loss_acorr.load_state_dict(state["loss_autocorr"])
             self._norm_curv.load_state_dict(state["norm_curvature"])
@@ -655,3 +922,25 @@ class Monitor:
             det = by_id.get((saved["type"], tuple(saved["keys"])))
             if det is not None:
                 det.load_state_dict(saved["state"])
+
+    def _drop_events_after(self, step: int | None) -> None:
+        """Ask each sink that can (the run folder) to forget events detected after ``step``."""
+        for sink in self.sinks:
+            drop = getattr(sink, "drop_events_after", None)
+            if drop is None:
+                continue
+            try:
+                drop(step)
+            except Exception as exc:
+                if self.strict:
+                    raise
+                warnings.warn(
+                    f"dynmon: {sink!r} could not drop the events after step {step} on resume "
+                    f"({exc!r}); they may appear twice",
+                    RuntimeWarning,
+                    3,
+                )
+
+
+def _label(name: Any) -> str:
+    return name.name if isinstance(name, MetricSpec) else str(name)

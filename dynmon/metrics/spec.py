@@ -55,6 +55,9 @@ class Output:
     scalars: dict[str, Tensor | float] = field(default_factory=dict)
     arrays: dict[str, Tensor] = field(default_factory=dict)
     snapshot: Any = None
+    # events the metric detected at this look (dicts with "kind", "step", "at", "message"),
+    # recorded by the Monitor like a detector's (events.jsonl, W&B alerts); head_roles uses it
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,26 @@ def _curvature_rows() -> list[MetricSpec]:
     return [SHARPNESS, HESSIAN_TRACE]
 
 
+def _role_rows() -> list[MetricSpec]:
+    """Head roles live in their own module (patterns from a forward of the model on a probe)."""
+    from dynmon.metrics.head_roles import HEAD_ROLES
+
+    return [HEAD_ROLES]
+
+
+def _extra_rows() -> list[MetricSpec]:
+    """Metrics beyond the peers (esd_alpha, grad_noise, llc), each in its own module."""
+    from dynmon.metrics.esd import ESD_ALPHA
+    from dynmon.metrics.gradnoise import GRAD_NOISE
+
+    rows = [ESD_ALPHA, GRAD_NOISE]
+    try:
+        from dynmon.metrics.llc import LLC
+    except ImportError:  # pragma: no cover - only while the module is absent
+        return rows
+    return [*rows, LLC]
+
+
 def _rows() -> dict[str, MetricSpec]:
     rows = [
         MetricSpec(
@@ -184,6 +204,8 @@ def _rows() -> dict[str, MetricSpec]:
             "erank and stable rank of every 2-D weight matrix",
         ),
         *_curvature_rows(),
+        *_role_rows(),
+        *_extra_rows(),
     ]
     return {row.name: row for row in rows}
 
