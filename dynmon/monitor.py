@@ -24,14 +24,14 @@ import torch
 from torch import Tensor, nn
 
 from dynmon import adapters, distributed
-from dynmon.metrics.spec import LookContext, MetricSpec, Need, Output
-from dynmon.metrics.table import METRICS, PRESETS, head_inputs
+from dynmon.metrics.inputs import head_pass
+from dynmon.metrics.spec import HEAD_NEEDS, LookContext, MetricSpec, Need, Output
+from dynmon.metrics.table import METRICS, PRESETS
 from dynmon.metrics.timeseries import AutocorrCurvature, NormCurvature
 from dynmon.schedule import Schedule, as_schedule, every, logspace
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
 KNOWN_NEEDS = frozenset(typing.get_args(Need))  # what a MetricSpec may declare in ``needs``
-HEAD_NEEDS = frozenset({"heads", "head_spectra", "head_svd"})
 
 
 def default_schedule() -> Schedule:
@@ -61,7 +61,7 @@ class MetricError(RuntimeError):
 
 
 # inputs that read every rank's full matrices: under FSDP2 a look gathers them first
-GATHER_NEEDS = frozenset({"heads", "head_spectra", "head_svd", "weights", "prev_weights"})
+GATHER_NEEDS = HEAD_NEEDS | {"weights", "prev_weights"}
 # inputs a sharded model cannot give a single rank: switched off under FSDP2
 UNSHARDABLE_NEEDS = frozenset({"grads", "prev_weights", "curvature"})
 
@@ -453,7 +453,7 @@ class Monitor:
                 if isinstance(exc, ValueError)
                 else f"the attention adapter failed: {exc!r}"
             )
-            detail = str(exc)
+            detail = f"{type(exc).__name__}: {exc}"
         else:
             if problem is None:
                 self._layers = layers
@@ -616,13 +616,13 @@ class Monitor:
         needs = set().union(*(spec.needs for _, spec in due))
         scalars: dict[str, Tensor | float] = {}
         arrays: dict[str, Tensor] = {}
-        with torch.no_grad():
-            ctx = self._context(step, needs)
-        if ctx is None:
-            return {}, {}
         is_reference = (self.reference_step is None and self._looks == 0) or (
             step == self.reference_step
         )
+        with torch.no_grad():
+            ctx = self._context(step, needs, due, is_reference)
+        if ctx is None:
+            return {}, {}
         for name, spec in due:
             ctx.snapshot = self._snapshots.get(name)
             ctx.reference = self._references.get(name)
@@ -639,6 +639,7 @@ class Monitor:
                 self._snapshots[name] = out.snapshot
                 if is_reference:
                     self._references[name] = out.snapshot
+        ctx = None  # drop this look's inputs before converting
         self._looks += 1
         return self._floats(scalars), {k: self._array(v) for k, v in arrays.items()}
 
@@ -646,7 +647,9 @@ class Monitor:
     def _array(v: Tensor) -> np.ndarray:
         return v.detach().to(torch.float64).cpu().numpy()  # sync point
 
-    def _context(self, step: int, needs: set[str]) -> LookContext | None:
+    def _context(
+        self, step: int, needs: set[str], due: list[tuple[str, MetricSpec]], is_reference: bool
+    ) -> LookContext | None:
         ctx = LookContext(
             step=step,
             model=self.model,
@@ -658,9 +661,8 @@ class Monitor:
             prev_weights=self._prev_weights,
         )
         try:
-            if needs & {"heads", "head_spectra", "head_svd"}:
-                ctx.heads = adapters.heads(self.model)
-                ctx.spectra, ctx.svd = head_inputs(ctx.heads, "head_svd" in needs)
+            if needs & HEAD_NEEDS:
+                self._head_inputs(ctx, needs, due, is_reference)
             if needs & {"weights", "prev_weights"}:
                 ctx.weights = adapters.weights(self.model)
             if "grads" in needs:
@@ -671,6 +673,30 @@ class Monitor:
                     self._fail(name, step, exc)
             return None
         return ctx
+
+    def _head_inputs(
+        self, ctx: LookContext, needs: set[str], due: list[tuple[str, MetricSpec]], ref: bool
+    ) -> None:
+        """One layer-streamed pass over the attention layers (``metrics.inputs.head_pass``).
+
+        The drift state belongs to the metric that needs ``head_subspace``: its snapshot and
+        reference go in, the new state comes out as ``ctx.head_state``.
+        """
+        if "heads" in needs:
+            ctx.heads = adapters.heads(self.model)
+        layers = ctx.heads if ctx.heads else adapters.iter_heads(self.model)
+        tracker = next((n for n, spec in due if "head_subspace" in spec.needs), None)
+        result = head_pass(
+            layers,
+            track=tracker is not None,
+            prev=self._snapshots.get(tracker) if tracker else None,
+            ref=self._references.get(tracker) if tracker else None,
+            is_reference=ref,
+            store_device=self.options.get("snapshot_device"),
+            vectors="head_svd" in needs,
+        )
+        ctx.spectra, ctx.n_heads, ctx.head_ranks = result.spectra, result.n_heads, result.ranks
+        ctx.head_blocks, ctx.head_state, ctx.svd = result.blocks, result.state, result.svd
 
     def _run_metric(
         self, name: str, spec: MetricSpec, ctx: LookContext, step: int

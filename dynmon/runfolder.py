@@ -22,6 +22,7 @@ import enum
 import itertools
 import json
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ CONFIG, METRICS, ARRAYS, EVENTS, SUMMARY = (
     "summary.json",
 )
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+INT64 = (-(2**63), 2**63 - 1)  # the steps NumPy's int64 arrays hold
 
 
 # -- the value convention -------------------------------------------------------------------------
@@ -151,8 +153,9 @@ class Run:
         """
         by_step: dict[int, float] = {}
         for row in self.metrics:
-            if key in row:
-                by_step[int(row["step"])] = _as_float(row[key])
+            step = step_of(row)
+            if key in row and step is not None:
+                by_step[step] = _as_float(row[key])
         steps = np.array(sorted(by_step), dtype=np.int64)
         return steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
 
@@ -160,8 +163,9 @@ class Run:
         """``(steps [T], values [T, ...])`` of one array, sorted by step (last write wins)."""
         by_step: dict[int, np.ndarray] = {}
         for row in self.arrays:
-            if name in row:
-                by_step[int(row["step"])] = row[name]
+            step = step_of(row)
+            if name in row and step is not None:
+                by_step[step] = row[name]
         steps = np.array(sorted(by_step), dtype=np.int64)
         if not by_step:
             return steps, np.empty((0,), dtype=np.float64)
@@ -169,6 +173,37 @@ class Run:
         if len(shapes) > 1:
             raise ValueError(f"array {name!r} changes shape over the run: {sorted(shapes)}")
         return steps, np.stack([by_step[s] for s in steps.tolist()])
+
+
+def step_of(row: Mapping[str, Any]) -> int | None:
+    """A row's ``"step"`` as an int NumPy can hold, or None when it is missing or not one (a
+    hand-edited ``"abc"`` or ``12.5``, a bool, a step beyond int64)."""
+    step = row.get("step")
+    if isinstance(step, float) and step.is_integer():
+        step = int(step)
+    if not isinstance(step, int) or isinstance(step, bool):
+        return None
+    return step if INT64[0] <= step <= INT64[1] else None
+
+
+def _valid_steps(rows: list[dict[str, Any]], path: Path) -> list[dict[str, Any]]:
+    """Rows whose step is usable, steps normalised to int; the others skipped with one warning."""
+    kept, bad = [], []
+    for row in rows:
+        step = step_of(row)
+        if step is None:
+            bad.append(row.get("step"))
+            continue
+        row["step"] = step
+        kept.append(row)
+    if bad:
+        warnings.warn(
+            f"dynmon: skipped {len(bad)} row(s) of {path} whose step is not an integer within "
+            f"int64 (e.g. {bad[0]!r}); fix or remove those lines",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return kept
 
 
 def _as_float(v: Any) -> float:
@@ -189,21 +224,28 @@ def load_run(path: str | Path) -> Run:
     if not (path / METRICS).is_file():
         raise FileNotFoundError(f"{path} has no {METRICS}: expected {expected}")
     arrays = [
-        {
-            k: int(v) if k == "step" else np.asarray(restore(v), dtype=np.float64)
-            for k, v in row.items()
-        }
-        for row in read_jsonl(path / ARRAYS)
-        if "step" in row
+        {k: v if k == "step" else _as_array(v) for k, v in row.items()}
+        for row in _valid_steps(
+            [r for r in read_jsonl(path / ARRAYS) if "step" in r], path / ARRAYS
+        )
     ]
+    metrics = [r for r in read_jsonl(path / METRICS) if "step" in r]
     return Run(
         path=path,
         config=_read_json(path / CONFIG),
-        metrics=[restore(r) for r in read_jsonl(path / METRICS) if "step" in r],
+        metrics=[restore(r) for r in _valid_steps(metrics, path / METRICS)],
         arrays=arrays,
-        events=[restore(r) for r in read_jsonl(path / EVENTS)],
+        events=[restore(r) for r in _valid_steps(read_jsonl(path / EVENTS), path / EVENTS)],
         summary=_read_json(path / SUMMARY),
     )
+
+
+def _as_array(v: Any) -> np.ndarray:
+    """An ``arrays.jsonl`` value as float64 (entries that are not numbers read as NaN)."""
+    try:
+        return np.asarray(restore(v), dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.asarray(math.nan)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -261,3 +303,78 @@ def new_run_dir(root: str | Path = "runs", prefix: str | None = None) -> Path:
             continue
         return candidate
     raise AssertionError("unreachable")
+
+
+# -- reusing an output folder ---------------------------------------------------------------------
+class UnsafeOutput(ValueError):
+    """An output folder dynmon will not write into or delete; the message says why."""
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder dynmon wrote: it holds the writer's lock file, or a
+    ``config.json`` with a ``dynmon`` section."""
+    from dynmon.lock import LOCK_NAME
+
+    path = Path(path)
+    if (path / LOCK_NAME).is_file():
+        return True
+    try:
+        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get("dynmon"), dict)
+
+
+def removal_refusal(path: str | Path) -> str | None:
+    """Why ``--overwrite`` must not delete ``path`` (None: it is a dynmon run folder nobody is
+    writing, and not the current directory, one of its parents, the home folder or ``/``)."""
+    from dynmon.lock import holder, is_locked
+
+    path = Path(path)
+    if path.is_symlink():
+        return f"{path} is a symbolic link; dynmon deletes only real run folders"
+    if not path.is_dir():
+        return f"{path} is not a folder"
+    real = path.resolve()
+    cwd = Path.cwd().resolve()
+    if real == Path(real.anchor):
+        return f"{path} is the file system root"
+    if real == cwd or real in cwd.parents:
+        return f"{path} is the current directory or one of its parents"
+    home = Path.home().resolve()
+    if real == home or real in home.parents:
+        return f"{path} is your home folder or one of its parents"
+    if not is_run_folder(real):
+        return (
+            f"{path} is not a dynmon run folder (no {CONFIG} with a dynmon section and no lock "
+            "file), so it may hold files dynmon did not write"
+        )
+    if is_locked(real):
+        return f"{path} is being written right now by {holder(real)}"
+    return None
+
+
+def prepare_output(path: str | Path, *, overwrite: bool = False, command: str = "dynmon") -> Path:
+    """Make ``path`` ready for a new run: absent or empty is fine; a used folder is refused, or,
+    with ``overwrite``, deleted when ``removal_refusal`` allows it. Raises ``UnsafeOutput``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnsafeOutput(f"{command}: {path} is a file, not a folder; choose another output")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not overwrite:
+        what = (
+            "already holds a dynmon run (appending would mix two runs in one metrics.jsonl); "
+            "choose another output, or pass --overwrite to delete it and start again"
+            if is_run_folder(path)
+            else "is not empty and holds no dynmon run; choose a new or empty folder (--overwrite "
+            "deletes only dynmon run folders)"
+        )
+        raise UnsafeOutput(f"{command}: {path} {what}")
+    reason = removal_refusal(path)
+    if reason is not None:
+        raise UnsafeOutput(
+            f"{command}: --overwrite refused: {reason}; nothing was deleted. Choose another output"
+        )
+    shutil.rmtree(path)
+    return path

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
+
+
+def _step_int(name: str, value: object, minimum: int | None = None) -> int:
+    """``value`` as an int when it is a whole number (2.0 is fine, 2.7 and "10" are not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be an integer step count, got {value!r}")
+    if not math.isfinite(value) or int(value) != value:
+        raise ValueError(f"{name} must be a whole number, got {value!r} (steps are integers)")
+    out = int(value)
+    if minimum is not None and out < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return out
 
 
 class Schedule:
@@ -90,13 +104,18 @@ class _Callable(Schedule):
 
 
 def every(k: int, start: int = 0) -> Schedule:
-    """Look every ``k`` steps, starting at ``start``."""
-    return Every(int(k), int(start))
+    """Look every ``k`` steps, starting at ``start`` (whole numbers: ``every(2.7)`` is refused,
+    not truncated)."""
+    return Every(_step_int("every(k): k", k, 1), _step_int("every(k, start): start", start))
 
 
 def logspace(start: int, stop: int, num: int) -> Schedule:
     """Look at ``num`` log-spaced steps between step ``start`` and step ``stop``."""
-    return LogSpace(int(start), int(stop), int(num))
+    return LogSpace(
+        _step_int("logspace: start", start),
+        _step_int("logspace: stop", stop),
+        _step_int("logspace: num", num),
+    )
 
 
 def _as_schedule(obj: object) -> Schedule:
@@ -109,13 +128,20 @@ def _as_schedule(obj: object) -> Schedule:
         return every(obj)
     if callable(obj):
         return _Callable(obj)
+    if isinstance(obj, (str, bytes)):
+        raise TypeError(
+            f"schedule {obj!r} is a string; pass dynmon.every(k) (e.g. every(10)), "
+            "dynmon.logspace(start, stop, num), their union with |, an int k, a set of steps or "
+            "a callable step -> bool"
+        )
     try:
-        return Steps(frozenset(int(s) for s in obj))  # type: ignore[union-attr]
+        items = list(obj)  # type: ignore[call-overload]
     except TypeError:
         raise TypeError(
             f"cannot use {obj!r} as a schedule: pass dynmon.every(k), dynmon.logspace(start, stop,"
             " num), their union with |, an int k, a set of steps or a callable step -> bool"
         ) from None
+    return Steps(frozenset(_step_int(f"schedule step {s!r}", s) for s in items))
 
 
 as_schedule = _as_schedule
