@@ -1,4 +1,4 @@
-"""Formation events of attention-head roles: per head, when a role score takes off and when it forms.
+"""Formation events of head roles: per head, when a role score takes off and when it forms.
 
 For every head and watched role (previous-token, induction, duplicate-token score), two of
 ``dynmon.events``' public detectors watch the per-head score logged at each ``head_roles`` look:
@@ -67,7 +67,7 @@ class RoleEvents:
         return self._onset[k], self._formed[k]
 
     def update(self, step: int, scores: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Feed one look's ``{role: [L, H] scores}`` (array-likes); return the events it completes."""
+        """Feed one look's ``{role: [L, H] scores}`` (array-likes); return the completed events."""
         events: list[dict[str, Any]] = []
         for role in self.config.roles:
             if role not in scores:

@@ -48,7 +48,9 @@ def embed_unembed(model: nn.Module, d_model: int) -> tuple[Tensor, Tensor] | Non
     if V is None:
         return None
     W_E = W_U = None
-    if isinstance(getattr(root, "W_E", None), Tensor) and isinstance(getattr(root, "W_U", None), Tensor):
+    if isinstance(getattr(root, "W_E", None), Tensor) and isinstance(
+        getattr(root, "W_U", None), Tensor
+    ):
         W_E, W_U = root.W_E, root.W_U  # TransformerLens: [V, D], [D, V]
     elif hasattr(root, "get_input_embeddings") and hasattr(root, "get_output_embeddings"):
         inp, outp = root.get_input_embeddings(), root.get_output_embeddings()

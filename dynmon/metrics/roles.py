@@ -124,7 +124,7 @@ def make_probe(
 
 
 def occurrences(probe: RepeatProbe) -> tuple[Tensor, Tensor]:
-    """``copy [B, T]`` (0 filler, k for the k-th copy, 1-based) and ``offset [B, T]`` (−1 filler)."""
+    """``copy [B, T]`` (0 filler, k for the k-th copy, 1-based), ``offset [B, T]`` (−1 filler)."""
     T = probe.tokens.shape[1]
     rel = torch.arange(T, device=probe.starts.device) - probe.starts[:, :, None]  # [B, R, T]
     inside = (rel >= 0) & (rel < probe.segment_len)  # [B, R, T], at most one copy per position
@@ -170,14 +170,14 @@ def prev_token_score(patterns: Tensor) -> Tensor:
 
 
 def attention_entropy(patterns: Tensor) -> Tensor:
-    """Mean entropy (nats) of each head's attention rows ``i ≥ 1``: ``[..., B, H, T, T]`` -> ``[..., H]``."""
+    """Mean entropy (nats) of attention rows ``i ≥ 1``: ``[..., B, H, T, T]`` -> ``[..., H]``."""
     rows = patterns[..., 1:, :].double()  # [..., B, H, T−1, T]
     ent = -torch.xlogy(rows, rows).sum(dim=-1)  # [..., B, H, T−1]
     return ent.mean(dim=-1).mean(dim=-2).to(patterns.dtype)  # [..., H]
 
 
 def sink_mass(patterns: Tensor) -> Tensor:
-    """Mean attention to the first position from rows ``i ≥ 1``: ``[..., B, H, T, T]`` -> ``[..., H]``."""
+    """Mean attention to position 0 from rows ``i ≥ 1``: ``[..., B, H, T, T]`` -> ``[..., H]``."""
     return patterns[..., 1:, 0].mean(dim=-1).mean(dim=-2)  # [..., B, H, T−1] -> [..., H]
 
 

@@ -57,6 +57,7 @@ class InductionConfig:
     head_threshold: float = 0.4  # score that marks an induction / previous-token head
     stable_frac: float = 0.25  # subspace-stabilisation threshold, a fraction of the peak
     device: str = "cpu"
+    threads: int = 0  # CPU intra-op threads for the loop; 0: picked from the model size (1 here)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_heads:
@@ -77,6 +78,10 @@ class InductionConfig:
             raise ValueError("vocab >= 2, batch, probe_size and steps >= 1 are required")
         if self.log_every < 1 or self.look_every < 1 or self.sharpness_every < 0:
             raise ValueError("log_every and look_every must be positive, sharpness_every >= 0")
+        if self.threads < 0:
+            raise ValueError(
+                f"threads must be >= 0 (0: pick from the model size), got {self.threads}"
+            )
         if self.embed_init < 0:
             raise ValueError(f"embed_init is a standard deviation, >= 0; got {self.embed_init}")
         if not 0.0 < self.stable_frac < 1.0:

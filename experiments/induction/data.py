@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dynmon.metrics.roles import copy_starts, make_probe  # noqa: F401 (copy_starts: the pack's API)
+from dynmon.metrics.roles import occurrences as roles_occurrences
+
 
 @dataclass(frozen=True)
 class Batch:
@@ -37,45 +40,18 @@ class Batch:
         return Batch(self.tokens[:n], self.starts[:n], self.segment_len)
 
 
-def copy_starts(batch: int, seq_len: int, segment_len: int, repeats: int, g: torch.Generator):
-    """Start positions ``[B, R]`` of ``repeats`` non-overlapping copies, uniform over arrangements.
-
-    Lay out ``seq_len − R·S`` filler tokens and ``R`` copies as ``seq_len − R·S + R`` slots; choose
-    the ``R`` copy slots uniformly; a copy in slot ``p`` after ``j`` earlier copies starts at token
-    ``p + j·(S − 1)`` (each earlier copy is ``S`` tokens wide, not one).
-    """
-    S, R = segment_len, repeats
-    n_slots = seq_len - R * S + R
-    slots = torch.rand(batch, n_slots, generator=g).argsort(dim=-1)[:, :R]  # [B, R] distinct
-    slots = slots.sort(dim=-1).values  # [B, R] ascending
-    return slots + torch.arange(R) * (S - 1)  # [B, R]
-
-
 def make_batch(cfg, g: torch.Generator, batch: int | None = None) -> Batch:
-    """``batch`` (default ``cfg.batch``) sequences drawn from ``g`` (``cfg``: InductionConfig)."""
+    """``batch`` (default ``cfg.batch``) sequences drawn from ``g`` (``cfg``: InductionConfig),
+    by dynmon's own probe builder (``dynmon.metrics.roles.make_probe``)."""
     B = cfg.batch if batch is None else batch
-    T, S, R = cfg.seq_len, cfg.segment_len, cfg.repeats
-    tokens = torch.randint(0, cfg.vocab, (B, T), generator=g)  # [B, T] filler
-    segment = torch.randint(0, cfg.vocab, (B, S), generator=g)  # [B, S]
-    starts = copy_starts(B, T, S, R, g)  # [B, R]
-    pos = starts[:, :, None] + torch.arange(S)  # [B, R, S] positions of every copy
-    rows = torch.arange(B)[:, None, None].expand(B, R, S)  # [B, R, S]
-    tokens[rows, pos] = segment[:, None, :].expand(B, R, S)
-    return Batch(tokens, starts, S)
+    p = make_probe(cfg.vocab, cfg.seq_len, B, g, segment_len=cfg.segment_len, repeats=cfg.repeats)
+    return Batch(p.tokens, p.starts, p.segment_len)
 
 
 def occurrences(batch: Batch) -> tuple[Tensor, Tensor]:
     """Which copy each position belongs to and where in the segment it sits.
 
     Returns ``copy [B, T]`` (0 for filler, k for the k-th copy, 1-based) and ``offset [B, T]``
-    (0..S−1 inside a copy, −1 for filler).
+    (0..S−1 inside a copy, −1 for filler); ``dynmon.metrics.roles.occurrences``.
     """
-    B, T = batch.tokens.shape
-    S = batch.segment_len
-    rel = torch.arange(T, device=batch.starts.device) - batch.starts[:, :, None]  # [B, R, T]
-    inside = (rel >= 0) & (rel < S)  # [B, R, T], at most one copy per position
-    k = torch.arange(1, batch.starts.shape[1] + 1, device=batch.starts.device)  # [R]
-    copy = (inside * k[None, :, None]).sum(dim=1)  # [B, T]
-    offset = torch.where(inside, rel, 0).sum(dim=1)  # [B, T]
-    offset = torch.where(copy > 0, offset, -1)
-    return copy, offset
+    return roles_occurrences(batch)

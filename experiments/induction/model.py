@@ -3,8 +3,8 @@
 ``n_layers`` attention layers of ``n_heads`` heads, learned positional embeddings, no LayerNorm,
 no MLP (REFERENCE.md §7). Weights the scores read, all in TransformerLens layout: ``model.W_E``
 ``[V, D]``, ``model.W_U`` ``[D, V]``; per-head weights come from ``dynmon.heads(model)``.
-Attention patterns are read by forward hooks on the model's own ``blocks.{i}.attn.hook_pattern``
-(``[B, H, T, T]``), so they are exactly what the model computed.
+Attention patterns are read by dynmon's pattern capture from the model's own
+``blocks.{i}.attn.hook_pattern`` (``[B, H, T, T]``), so they are exactly what the model computed.
 """
 
 from __future__ import annotations
@@ -47,13 +47,9 @@ def build_model(cfg: InductionConfig) -> nn.Module:
 
 def token_losses(logits: Tensor, tokens: Tensor) -> Tensor:
     """Next-token cross-entropy ``[B, T−1]``: entry i is the loss of predicting token i+1."""
-    V = logits.shape[-1]
-    loss = nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, V),  # [B·(T−1), V]
-        tokens[:, 1:].reshape(-1),  # [B·(T−1)]
-        reduction="none",
-    )
-    return loss.view(tokens.shape[0], -1)  # [B, T−1]
+    from dynmon.metrics.roles import token_losses as losses
+
+    return losses(logits, tokens)
 
 
 def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
@@ -66,23 +62,9 @@ def next_token_loss(model: nn.Module, tokens: Tensor) -> Tensor:
 
 
 def forward_with_patterns(model: nn.Module, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Logits ``[B, T, V]`` and every layer's attention pattern ``[L, B, H, T, T]``, one forward."""
-    store: dict[int, Tensor] = {}
-    handles = []
-    for i, block in enumerate(model.blocks):
+    """Logits ``[B, T, V]`` and every layer's attention pattern ``[L, B, H, T, T]``, one forward
+    (dynmon's pattern capture: the model's own ``hook_pattern``)."""
+    import dynmon
+    from dynmon.adapters.patterns import forward_with_patterns as capture
 
-        def keep(_module: nn.Module, _inputs: object, output: Tensor, i: int = i) -> None:
-            store[i] = output.detach()  # [B, H, T, T]
-
-        handles.append(block.attn.hook_pattern.register_forward_hook(keep))
-    try:
-        logits = model(tokens)  # [B, T, V]
-    finally:
-        for h in handles:
-            h.remove()
-    return logits, torch.stack([store[i] for i in range(len(store))])  # [L, B, H, T, T]
-
-
-def embed_unembed(model: nn.Module) -> tuple[Tensor, Tensor]:
-    """``W_E [V, D]`` and ``W_U [D, V]``, detached."""
-    return model.W_E.detach(), model.W_U.detach()
+    return capture(model, tokens, dynmon.heads(model))

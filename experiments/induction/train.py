@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..threads import pick_threads, torch_threads
 from . import timing
 from .config import InductionConfig
 from .data import make_batch
@@ -84,13 +85,22 @@ def distance_to_final(history: dict[int, Factors]) -> dict[str, Any]:
 
 
 def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dict:
-    """Train with the Monitor attached; write the run folder and its figure; return the summary."""
+    """Train with the Monitor attached; write the run folder and its figure; return the summary.
+
+    The loop runs with ``config.threads`` CPU threads, or the count ``pick_threads`` picks from
+    the model's size when it is 0 (one for the presets' small models on CPU).
+    """
+    model = build_model(config)
+    n_params = sum(p.numel() for p in trainable(model))
+    with torch_threads(pick_threads(config.threads, n_params, config.device)):
+        return _train(config, Path(out), wandb, model)
+
+
+def _train(cfg: InductionConfig, out: Path, wandb: bool, model: torch.nn.Module) -> dict:
+    """The loop of :func:`run` (with its thread count set)."""
     import dynmon
 
-    cfg = config
-    out = Path(out)
     device = torch.device(cfg.device)
-    model = build_model(cfg)
     opt = torch.optim.AdamW(
         trainable(model), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
     )
@@ -141,6 +151,7 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
             steps_run=cfg.steps,
             seconds=round(elapsed, 2),
             steps_per_s=round(cfg.steps / elapsed, 2),
+            threads=torch.get_num_threads(),
         )
         for kind, step_key in (
             ("induction_emergence", "emergence_step"),
