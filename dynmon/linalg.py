@@ -2,7 +2,10 @@
 
 Model-agnostic. An operator is anything with ``matvec(v) -> Tensor``, ``shape``, ``dtype`` and
 ``device``; every estimator also takes a dense symmetric ``[n, n]`` tensor, so the Hessian code
-and its tests share one implementation that is checked against dense references.
+and its tests share one implementation that is checked against dense references. An operator
+may also have ``matmat(V [n, b]) -> [n, b]``, a block of products at once (the Hessian's is one
+batched double-backward pass); the trace and density estimators then apply their probes in
+blocks of ``block_size`` (one ``matvec`` per probe otherwise).
 
 - ``lanczos_eigenvalues``: extreme eigenvalues by Lanczos with full reorthogonalisation,
   stopped on the Ritz residual ``|β_m · s_m|``, which bounds each Ritz value's distance to an
@@ -89,6 +92,10 @@ class DenseOperator:
         """``A @ v`` for a flat ``[n]`` vector."""
         return self.matrix @ v.to(self.matrix.dtype)
 
+    def matmat(self, V: Tensor) -> Tensor:
+        """``A @ V`` for a block ``[n, b]`` of vectors."""
+        return self.matrix @ V.to(self.matrix.dtype)
+
 
 class ConvergenceWarning(UserWarning):
     """An iterative estimator stopped at ``max_iter`` before reaching its tolerance."""
@@ -157,6 +164,27 @@ def _apply(op: LinearOperator, v: Tensor) -> Tensor:
     if w.shape != v.shape:
         raise ValueError(f"matvec returned shape {tuple(w.shape)} for input {tuple(v.shape)}")
     return w.to(v.dtype)
+
+
+def _apply_block(op: LinearOperator, X: Tensor) -> Tensor:
+    """``op`` applied to each row of ``X`` ``[b, n]``: one ``matmat`` when the operator has it,
+    else one ``matvec`` per row. Returns ``[b, n]`` in ``X``'s dtype."""
+    matmat = getattr(op, "matmat", None)
+    if matmat is None or X.shape[0] == 1:
+        return torch.stack([_apply(op, x) for x in X])
+    W = matmat(X.mT.to(op.dtype))  # [n, b]
+    if W.shape != X.mT.shape:
+        raise ValueError(f"matmat returned shape {tuple(W.shape)} for input {tuple(X.mT.shape)}")
+    return W.mT.to(X.dtype)
+
+
+def _blocks(total: int, block_size: int | None) -> list[int]:
+    """Sizes of consecutive blocks covering ``total`` items (one block when ``None``)."""
+    if block_size is None:
+        return [total] if total else []
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1 or None, got {block_size}")
+    return [min(block_size, total - i) for i in range(0, total, block_size)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -455,22 +483,23 @@ def hutchinson_trace(
     num_probes: int = 100,
     *,
     generator: torch.Generator | None = None,
+    block_size: int | None = 16,
 ) -> tuple[Tensor, Tensor]:
     """Trace estimate ``mean(zᵀAz)`` over Rademacher probes ``z``, and its standard error.
 
-    Unbiased; the variance is ``2(‖A‖_F² − Σ A_ii²)`` per probe. Costs ``num_probes`` matvecs.
-    Returns two 0-D float64 tensors.
+    Unbiased; the variance is ``2(‖A‖_F² − Σ A_ii²)`` per probe. Costs ``num_probes`` matvecs,
+    applied ``block_size`` at a time (``None``: all at once). Returns two 0-D float64 tensors.
     """
     op = as_operator(A)
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
     g = _generator(generator)
     n = op.shape[0]
-    samples = torch.empty(num_probes, dtype=F64)
-    for i in range(num_probes):
-        z = _rademacher((n,), g, op)
-        samples[i] = torch.dot(z, _apply(op, z)).to(F64).cpu()  # sync point
-    return _mean_stderr(samples)
+    samples = []
+    for b in _blocks(num_probes, block_size):
+        Z = _rademacher((b, n), g, op)  # [b, n] one probe per row
+        samples.append((Z * _apply_block(op, Z)).sum(1).to(F64).cpu())  # sync point
+    return _mean_stderr(torch.cat(samples))
 
 
 def hutchpp_trace(
@@ -478,13 +507,15 @@ def hutchpp_trace(
     num_matvecs: int = 102,
     *,
     generator: torch.Generator | None = None,
+    block_size: int | None = 16,
 ) -> tuple[Tensor, Tensor]:
     """Hutch++ trace estimate (Meyer, Musco, Musco, Woodruff 2021) and its standard error.
 
     A third of the matvecs sketch the range of ``A`` (``Q = orth(AS)``), a third take the
     trace of ``QᵀAQ`` exactly, the rest run Hutchinson on the deflated ``(I−QQᵀ)A(I−QQᵀ)``.
     Far lower variance than Hutchinson when a few eigenvalues dominate (as in a Hessian).
-    The standard error is that of the Hutchinson part, given ``Q``.
+    The standard error is that of the Hutchinson part, given ``Q``. Products are applied
+    ``block_size`` at a time (``None``: each third at once).
     """
     op = as_operator(A)
     if num_matvecs < 3:
@@ -493,15 +524,24 @@ def hutchpp_trace(
     n = op.shape[0]
     s = num_matvecs // 3
     S = _rademacher((s, n), g, op)  # [s, n] sketch probes, one per row
-    AS = torch.stack([_apply(op, x) for x in S])  # [s, n]
+    AS = _apply_rows(op, S, block_size)  # [s, n]
     Q = torch.linalg.qr(AS.mT).Q.mT  # [s, n] orthonormal rows
-    AQ = torch.stack([_apply(op, q) for q in Q])  # [s, n]
+    AQ = _apply_rows(op, Q, block_size)  # [s, n]
     exact = (Q * AQ).sum().to(F64).cpu()
     G = _rademacher((num_matvecs - 2 * s, n), g, op)  # [r, n]
     G = G - (G @ Q.mT) @ Q  # [r, n] projected off the sketched range
-    samples = torch.stack([torch.dot(y, _apply(op, y)) for y in G]).to(F64).cpu()  # [r]
+    samples = (G * _apply_rows(op, G, block_size)).sum(1).to(F64).cpu()  # [r]
     mean, stderr = _mean_stderr(samples)
     return exact + mean, stderr
+
+
+def _apply_rows(op: LinearOperator, X: Tensor, block_size: int | None) -> Tensor:
+    """``op`` applied to every row of ``X`` ``[m, n]``, ``block_size`` rows per block."""
+    out, i = [], 0
+    for b in _blocks(X.shape[0], block_size):
+        out.append(_apply_block(op, X[i : i + b]))
+        i += b
+    return torch.cat(out) if out else torch.empty_like(X)
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,6 +554,7 @@ def slq_density(
     num_steps: int = 40,
     *,
     generator: torch.Generator | None = None,
+    block_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Spectral density ``(1/n) Σ δ(λ − λ_i)`` by stochastic Lanczos quadrature.
 
@@ -522,6 +563,8 @@ def slq_density(
     weights. Returns ``(nodes, weights)``, both ``[num_probes, num_steps]`` float64, the weights
     summing to 1 overall (zero-weight padding where a probe's Krylov space ran out). The
     density's mean ``Σ w·λ`` is exactly the Hutchinson estimate of ``trace/n`` on those probes.
+    The probes' Lanczos recurrences run side by side, ``block_size`` of them (``None``: all)
+    sharing one ``matmat`` per step.
     """
     op = as_operator(A)
     if num_probes < 1 or num_steps < 1:
@@ -530,18 +573,64 @@ def slq_density(
     n = op.shape[0]
     nodes = torch.zeros((num_probes, num_steps), dtype=F64)
     weights = torch.zeros((num_probes, num_steps), dtype=F64)
-    for i in range(num_probes):
-        z = _rademacher((n,), g, op)
-        exact = 100 * torch.finfo(z.dtype).eps  # stop only on a true invariant subspace
-        steps = list(
-            _lanczos_steps(op, z, num_steps, reorth=True, restart=None, breakdown_tol=exact)
-        )
-        alphas, betas, _, _ = steps[-1]
-        theta, S = _tridiagonal_eigh(alphas, betas)
-        m = theta.numel()
-        nodes[i, :m], nodes[i, m:] = theta, theta[-1]
-        weights[i, :m] = S[0].square() / num_probes
+    first = 0
+    for b in _blocks(num_probes, block_size):
+        Z = _rademacher((b, n), g, op)  # [b, n] one probe per row
+        exact = 100 * torch.finfo(Z.dtype).eps  # stop only on a true invariant subspace
+        for i, (alphas, betas) in enumerate(_lanczos_block(op, Z, num_steps, exact)):
+            theta, S = _tridiagonal_eigh(alphas, betas)
+            m = theta.numel()
+            nodes[first + i, :m], nodes[first + i, m:] = theta, theta[-1]
+            weights[first + i, :m] = S[0].square() / num_probes
+        first += b
     return nodes, weights
+
+
+def _lanczos_block(
+    op: LinearOperator, Z: Tensor, num_steps: int, breakdown_tol: float
+) -> list[tuple[list[float], list[float]]]:
+    """Independent Lanczos recurrences (full reorthogonalisation) from each row of ``Z``
+    ``[b, n]``, advanced together with one block product per step. Returns each probe's
+    ``(alphas, betas)`` as ``_lanczos_steps`` would; a probe stops on breakdown
+    (``β <= breakdown_tol·‖A‖``) or once its basis spans the space."""
+    b, n = Z.shape
+    steps = min(num_steps, n)
+    Q = Z / torch.linalg.vector_norm(Z, dim=1, keepdim=True)  # [b, n] current vectors
+    basis = torch.empty((b, steps, n), dtype=Q.dtype, device=Q.device)  # [b, m, n]
+    prev = torch.zeros_like(Q)
+    alphas: list[list[float]] = [[] for _ in range(b)]
+    betas: list[list[float]] = [[] for _ in range(b)]
+    beta_prev = torch.zeros(b, dtype=Q.dtype, device=Q.device)
+    scale = torch.zeros(b, dtype=F64)
+    active = list(range(b))  # probes still running
+    for j in range(steps):
+        idx = torch.tensor(active, device=Q.device)
+        q = Q[idx]  # [a, n]
+        basis[idx, j] = q
+        w = _apply_block(op, q)  # [a, n]
+        alpha = (q * w).sum(1)  # [a]
+        w = w - alpha[:, None] * q - beta_prev[idx, None] * prev[idx]
+        B = basis[idx, : j + 1]  # [a, j+1, n]
+        for _ in range(2):  # classical Gram-Schmidt twice against each probe's own basis
+            w = w - torch.einsum("am,amn->an", torch.einsum("amn,an->am", B, w), B)
+        beta = torch.linalg.vector_norm(w, dim=1)  # [a]
+        alpha64, beta64 = alpha.to(F64).cpu(), beta.to(F64).cpu()  # sync point
+        still = []
+        for k, p in enumerate(active):
+            alphas[p].append(float(alpha64[k]))
+            betas[p].append(float(beta64[k]))
+            scale[p] = max(float(scale[p]), abs(float(alpha64[k])), float(beta64[k]))
+            if float(beta64[k]) > breakdown_tol * float(scale[p]) and j + 1 < steps:
+                still.append((k, p))
+        if not still:
+            break
+        keep = torch.tensor([k for k, _ in still], device=Q.device)
+        rows = torch.tensor([p for _, p in still], device=Q.device)
+        prev[rows] = q[keep]
+        Q[rows] = w[keep] / beta[keep, None]
+        beta_prev[rows] = beta[keep]
+        active = [p for _, p in still]
+    return list(zip(alphas, betas, strict=True))
 
 
 def gaussian_density(

@@ -421,3 +421,57 @@ def test_eigenvalue_solver_on_the_operator_reports_cost():
     res = lanczos_eigenvalues(op, 1, generator=torch.Generator().manual_seed(0))
     assert res.converged and 1 <= res.num_matvecs <= 100
     assert op.loss.dim() == 0 and not op.loss.requires_grad
+
+
+# --------------------------------------------------------------------------------------------
+# batched Hessian-vector products
+
+
+def test_matmat_against_dense_hessian_columns():
+    model, tokens = _tiny_lm()
+    names = [n for n, _ in model.named_parameters()]
+    H = dense_hessian(model, lm_loss, tokens, names)
+    op = HessianOperator(model, lm_loss, tokens)
+    V = torch.randn(op.shape[0], 6, generator=torch.Generator().manual_seed(2), dtype=F64)
+    torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-9, atol=1e-10)
+    block = op.restrict("unembed")
+    Vb = V[: block.shape[0]]
+    idx = torch.cat(
+        [torch.arange(s, s + n) for s, n in _offsets(op, block.names)]
+    )  # the block's rows of θ
+    torch.testing.assert_close(block.matmat(Vb), H[idx][:, idx] @ Vb, rtol=1e-9, atol=1e-10)
+
+
+def _offsets(op: HessianOperator, names: list[str]) -> list[tuple[int, int]]:
+    starts = np.cumsum([0, *op.sizes])
+    return [(int(starts[op.names.index(n)]), op.sizes[op.names.index(n)]) for n in names]
+
+
+def test_matmat_falls_back_to_matvecs_when_batching_fails(monkeypatch):
+    model, tokens = _tiny_lm()
+    op = HessianOperator(model, lm_loss, tokens)
+    V = torch.randn(op.shape[0], 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    want = torch.stack([op.matvec(v) for v in V.T], 1)
+    real = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("Batching rule not implemented for aten::some_op")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)
+    with pytest.warns(RuntimeWarning, match="one matvec per vector"):
+        got = op.matmat(V)
+    torch.testing.assert_close(got, want)
+    op.matmat(V)  # switched off for this operator: no second warning, no second try
+
+
+def test_batched_trace_and_density_match_the_per_vector_loop():
+    model, batch = _mlp()
+    loop = dict(block_size=1)
+    t1 = hessian_trace(model, mlp_loss, batch, num_probes=24, **loop)
+    t2 = hessian_trace(model, mlp_loss, batch, num_probes=24, block_size=8)
+    torch.testing.assert_close(t2, t1, rtol=1e-9, atol=1e-12)
+    d1 = hessian_density(model, mlp_loss, batch, num_probes=3, num_steps=15, **loop)
+    d2 = hessian_density(model, mlp_loss, batch, num_probes=3, num_steps=15)
+    torch.testing.assert_close(d2, d1, rtol=1e-7, atol=1e-9)

@@ -234,3 +234,75 @@ def test_float32_operator():
     assert res.eigenvalues.item() == pytest.approx(5.0, rel=1e-3)
     est, se = hutchinson_trace(A, 20)
     assert abs(est - A.double().trace()) < 4 * se
+
+
+# --------------------------------------------------------------------------------------------
+# blocks of products (matmat)
+
+
+class _MatvecOnly:
+    """An operator with ``matvec`` alone: the estimators must fall back to one product per row."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        self.A, self.shape, self.dtype, self.device = A, tuple(A.shape), A.dtype, A.device
+        self.calls = 0
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.A @ v
+
+
+class _Counting(_MatvecOnly):
+    """The same with ``matmat``, counting the block calls and their widths."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        super().__init__(A)
+        self.widths: list[int] = []
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.widths.append(V.shape[1])
+        return self.A @ V
+
+
+def test_dense_matmat_is_a_block_of_matvecs():
+    A = _symmetric(30, 4)
+    V = torch.randn(30, 5, generator=_gen(1), dtype=F64)
+    torch.testing.assert_close(DenseOperator(A).matmat(V), torch.stack([A @ v for v in V.T], 1))
+
+
+@pytest.mark.parametrize("block_size", [1, 7, None])
+def test_trace_estimators_give_the_same_answer_in_blocks(block_size):
+    """Probes are drawn as one stream: blocking changes how they are applied, not which."""
+    A = _with_spectrum(np.linspace(-2, 5, 40), seed=2)
+    loop = _MatvecOnly(A)
+    ref = hutchinson_trace(loop, 20, generator=_gen(3))
+    assert loop.calls == 20
+    op = _Counting(A)
+    got = hutchinson_trace(op, 20, generator=_gen(3), block_size=block_size)
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+    want_widths = {1: [], 7: [7, 7, 6], None: [20]}[block_size]  # width-1 blocks use matvec
+    assert op.widths == want_widths
+    ref_pp = hutchpp_trace(_MatvecOnly(A), 30, generator=_gen(4))
+    got_pp = hutchpp_trace(_Counting(A), 30, generator=_gen(4), block_size=block_size)
+    torch.testing.assert_close(got_pp, ref_pp, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, None])
+def test_slq_block_lanczos_matches_one_probe_at_a_time(block_size):
+    A = _with_spectrum(np.r_[np.linspace(0, 1, 57), 4.0, 6.0, 9.0], seed=5)
+    n1, w1 = slq_density(_MatvecOnly(A), 5, 25, generator=_gen(6))
+    n2, w2 = slq_density(_Counting(A), 5, 25, generator=_gen(6), block_size=block_size)
+    torch.testing.assert_close(n2, n1, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(w2, w1, rtol=1e-9, atol=1e-12)
+    # probes that run out of Krylov space (n = 12 < 20 steps) stop alone; weights still sum to 1
+    B = _with_spectrum(np.linspace(-1, 1, 12), seed=7)
+    nodes, weights = slq_density(_Counting(B), 3, 20, block_size=block_size)
+    assert weights.sum().item() == pytest.approx(1.0)
+    np.testing.assert_allclose(
+        np.sort(nodes[0, :12].numpy()), np.linspace(-1, 1, 12), rtol=0, atol=1e-8
+    )
+
+
+def test_block_size_must_be_positive():
+    with pytest.raises(ValueError, match="block_size"):
+        hutchinson_trace(_symmetric(5, 0), 4, block_size=0)

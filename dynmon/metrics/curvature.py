@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal
 
@@ -230,6 +231,7 @@ class HessianOperator:
         self.shape = (n, n)
         self.dtype = functools.reduce(torch.promote_types, (p.dtype for p in self.params))
         self.device = self.params[0].device
+        self._batched = getattr(self, "_batched", True)
 
     def restrict(self, params: ParamSpec) -> HessianOperator:
         """The diagonal block ``H_BB`` over a subset ``B`` of these parameters (same graph)."""
@@ -277,6 +279,54 @@ class HessianOperator:
                 for h, p in zip(hv, self.params, strict=True)
             ]
         )
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``H V`` for a block of vectors, the columns of ``V`` ``[n, b]``, in one batched
+        double-backward pass (autograd's vmap over the cotangents). Where an op has no batching
+        rule it warns once and falls back to one ``matvec`` per column for this operator."""
+        n = self.shape[0]
+        if V.dim() != 2 or V.shape[0] != n:
+            raise ValueError(f"expected a block of shape ({n}, b), got {tuple(V.shape)}")
+        b = V.shape[1]
+        if b == 1 or not self._batched:
+            return torch.stack([self.matvec(V[:, j]) for j in range(b)], dim=1)
+        rows = V.mT  # [b, n]: one probe vector per row
+        outputs, cotangents = [], []
+        grads = [self._graph.grads[i] for i in self._idx]
+        for gr, p, c in zip(grads, self.params, rows.split(self.sizes, dim=1), strict=True):
+            if gr is not None and gr.requires_grad:  # else that gradient is constant: zero rows
+                outputs.append(gr)
+                cotangents.append(c.reshape(b, *p.shape).to(device=p.device, dtype=gr.dtype))
+        if not outputs:
+            return torch.zeros((n, b), dtype=self.dtype, device=self.device)
+        try:
+            hv = torch.autograd.grad(
+                outputs,
+                self.params,
+                cotangents,
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        except RuntimeError as exc:  # an op without a batching rule (or double backward)
+            warnings.warn(
+                f"batched Hessian-vector products failed ({exc}); falling back to one"
+                " matvec per vector",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self._batched = False
+            return self.matmat(V)
+        out = torch.cat(
+            [
+                (h if h is not None else torch.zeros((b, *p.shape), dtype=p.dtype, device=p.device))
+                .reshape(b, -1)
+                .to(device=self.device, dtype=self.dtype)
+                for h, p in zip(hv, self.params, strict=True)
+            ],
+            dim=1,
+        )  # [b, n]
+        return out.mT
 
 
 # --------------------------------------------------------------------------------------------
@@ -345,19 +395,21 @@ def hessian_trace(
     seed: int = 0,
     generator: torch.Generator | None = None,
     dropout: bool = False,
+    block_size: int | None = 16,
 ) -> tuple[Tensor, Tensor]:
     """Trace of the loss Hessian on ``batch`` and the standard error of the estimate.
 
     ``num_probes`` is the number of Hessian-vector products for either method (Hutch++ spends
-    two thirds of them on a low-rank sketch). Two 0-D float64 tensors.
+    two thirds of them on a low-rank sketch), applied ``block_size`` at a time by one batched
+    double-backward pass (1: one at a time). Two 0-D float64 tensors.
     """
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
     g = _private_generator(seed, generator)
     op = HessianOperator(model, loss_fn, batch, params, dropout=dropout, generator=g)
     if method == "hutch++":
-        return hutchpp_trace(op, num_probes, generator=g)
-    return hutchinson_trace(op, num_probes, generator=g)
+        return hutchpp_trace(op, num_probes, generator=g, block_size=block_size)
+    return hutchinson_trace(op, num_probes, generator=g, block_size=block_size)
 
 
 def hessian_density(
@@ -371,15 +423,17 @@ def hessian_density(
     seed: int = 0,
     generator: torch.Generator | None = None,
     dropout: bool = False,
+    block_size: int | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Hessian spectral density by stochastic Lanczos quadrature: ``(nodes, weights)``.
 
     Smooth it onto a grid with ``dynmon.linalg.gaussian_density``. Costs
-    ``num_probes · num_steps`` Hessian-vector products.
+    ``num_probes · num_steps`` Hessian-vector products; the probes' Lanczos runs advance
+    together, ``block_size`` of them (``None``: all) per batched product.
     """
     g = _private_generator(seed, generator)
     op = HessianOperator(model, loss_fn, batch, params, dropout=dropout, generator=g)
-    return slq_density(op, num_probes, num_steps, generator=g)
+    return slq_density(op, num_probes, num_steps, generator=g, block_size=block_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -465,10 +519,12 @@ def hessian_trace_metric(ctx: LookContext) -> Output:
     op, g = _operator(ctx)
     method = ctx.options.get("trace_method", "hutchinson")
     num_probes = int(ctx.options.get("num_probes", 32))
+    block = ctx.options.get("hvp_block", 16)
+    block = None if block is None else int(block)
     if method == "hutch++":
-        trace, stderr = hutchpp_trace(op, num_probes, generator=g)
+        trace, stderr = hutchpp_trace(op, num_probes, generator=g, block_size=block)
     elif method == "hutchinson":
-        trace, stderr = hutchinson_trace(op, num_probes, generator=g)
+        trace, stderr = hutchinson_trace(op, num_probes, generator=g, block_size=block)
     else:
         raise ValueError(f"trace_method must be 'hutchinson' or 'hutch++', got {method!r}")
     return Output(scalars={key("hessian_trace"): trace, key("hessian_trace_stderr"): stderr})
@@ -496,6 +552,7 @@ HESSIAN_TRACE = MetricSpec(
     doc=(
         "trace of the probe-batch loss Hessian and its standard error (dynmon/hessian_trace,"
         " dynmon/hessian_trace_stderr; options num_probes (default 32 Hessian-vector products),"
-        " trace_method 'hutchinson' or 'hutch++', params, dropout)"
+        " trace_method 'hutchinson' or 'hutch++', hvp_block (Hessian-vector products per batched"
+        " pass, default 16; 1: one at a time), params, dropout)"
     ),
 )
