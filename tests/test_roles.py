@@ -78,7 +78,7 @@ def test_make_probe_refuses_a_segment_that_does_not_fit():
         R.make_probe(10, 8, 1, torch.Generator(), segment_len=5, repeats=2)
 
 
-# -- scores of uniform attention: the closed forms -------------------------------------------------
+# -- scores of uniform attention: the closed forms --
 @settings(max_examples=40, deadline=None)
 @given(probes)
 def test_uniform_attention_scores_equal_their_closed_forms(p):
