@@ -28,13 +28,17 @@ class Envelope:
 
 def bin_index(steps: np.ndarray, bins: int) -> np.ndarray:
     """The bin of each step when ``[steps[0], steps[-1]]`` is cut into ``bins`` equal widths."""
-    s = np.asarray(steps, dtype=np.float64)
+    s = np.asarray(steps)
     if len(s) == 0:
         return np.zeros(0, dtype=np.int64)
     span = s[-1] - s[0]
     if span <= 0:
         return np.zeros(len(s), dtype=np.int64)
-    return np.clip(((s - s[0]) * (bins / span)).astype(np.int64), 0, bins - 1)
+    if s.dtype.kind in "iu":  # integer steps: exact, no bin edge decided by rounding
+        b = (s.astype(np.int64) - s[0]) * bins // span
+    else:
+        b = np.floor((s - s[0]) * (bins / span)).astype(np.int64)
+    return np.clip(b, 0, bins - 1)
 
 
 def envelope(
