@@ -19,16 +19,20 @@ def key(metric: str, target: str | None = None) -> str:
     return f"{PREFIX}/{metric}" if target is None else f"{PREFIX}/{metric}/{target}"
 
 
-def head_scalars(metric: str, values: Tensor, circuit: str) -> dict[str, Tensor]:
+def head_scalars(
+    metric: str, values: Tensor, circuit: str, n_heads: list[int] | None = None
+) -> dict[str, Tensor]:
     """Per-head, per-layer-mean and overall-mean keys for a ``[L, H]`` tensor of values.
 
     ``dynmon/erank/L0.H1.QK``, ``dynmon/erank/L0.QK`` (mean over heads) and
     ``dynmon/erank/QK`` (mean over all heads). NaN heads are left out of the means.
+    ``n_heads[l]`` is layer l's head count when layers differ (padded heads get no key).
     """
     out: dict[str, Tensor] = {}
-    for layer in range(values.shape[0]):
-        for head in range(values.shape[1]):
+    counts = n_heads or [values.shape[1]] * values.shape[0]
+    for layer, count in enumerate(counts):
+        for head in range(count):
             out[key(metric, f"L{layer}.H{head}.{circuit}")] = values[layer, head]
-        out[key(metric, f"L{layer}.{circuit}")] = values[layer].nanmean()
+        out[key(metric, f"L{layer}.{circuit}")] = values[layer, :count].nanmean()
     out[key(metric, circuit)] = values.nanmean()
     return out

@@ -99,6 +99,60 @@ def _to_plain(value: Any) -> Any:
     return repr(value)
 
 
+def _as_float(name: str, v: Any) -> float:
+    """A Python number as a float; an integer too large for a float (``10**400``) becomes ±inf
+    with a warning rather than an ``OverflowError`` in the training loop."""
+    try:
+        return float(v)
+    except OverflowError:
+        warnings.warn(
+            f"dynmon: scalar {name!r} = {v!r:.40} overflows a float; logged as infinite",
+            RuntimeWarning,
+            4,
+        )
+        return math.copysign(math.inf, v)
+
+
+def _to_host(t: Tensor) -> Tensor:
+    """The one device-to-host transfer of a flush (``# sync point`` on an accelerator)."""
+    return t.cpu()
+
+
+def _to_host_values(
+    rows: list[Mapping[str, Any]], arrays: Mapping[str, Any]
+) -> tuple[list[dict[str, float]], dict[str, np.ndarray]]:
+    """Rows of scalars (floats or one-number tensors) and per-head arrays, on the host.
+
+    All tensors of one device travel in a single ``torch.cat`` and one ``_to_host`` call.
+    """
+    out: list[dict[str, float]] = [{} for _ in rows]
+    pieces: dict[torch.device, list[tuple[Any, Tensor]]] = {}
+    for i, row in enumerate(rows):
+        for k, v in row.items():
+            if isinstance(v, Tensor):
+                pieces.setdefault(v.device, []).append(((i, k), v.detach().reshape(-1)))
+            else:
+                out[i][k] = float(v)
+    host_arrays: dict[str, np.ndarray] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for k, v in arrays.items():
+        v = torch.as_tensor(v)
+        shapes[k] = tuple(v.shape)
+        pieces.setdefault(v.device, []).append((k, v.detach().reshape(-1)))
+    for items in pieces.values():
+        flat = torch.cat([t.to(torch.float64) for _, t in items])
+        host = _to_host(flat).numpy()  # sync point: the only one of a flush on this device
+        offset = 0
+        for where, t in items:
+            n = t.numel()
+            if isinstance(where, tuple):
+                out[where[0]][where[1]] = float(host[offset])
+            else:
+                host_arrays[where] = host[offset : offset + n].reshape(shapes[where]).copy()
+            offset += n
+    return out, host_arrays
+
+
 def _check_output(name: str, out: Any) -> Output | None:
     """The metric's result if it has the shape of an ``Output``; a ``TypeError`` saying what
     came back otherwise (isolated like any failing metric)."""
@@ -298,6 +352,10 @@ class Monitor:
             log_time=bool(self.options.get("norm_log_time", False)),
         )
         self._closed = False
+        self._warned_closed = False
+        self._pending: list[tuple[int, dict[str, Any]]] = []  # rows not yet converted
+        self._pending_tensors = False
+        self._flush_every = int(self.options.get("flush_every", 25))
         self._train_threads = torch.get_num_threads()
         self.sinks: list[Any] = []
         self._dropped_sinks: list[Any] = []  # failed once; still offered the summary at close
@@ -518,11 +576,29 @@ class Monitor:
         """Record one training step (call after ``optimizer.step()``); look if the schedule says so.
 
         ``loss`` and ``scalars`` (e.g. ``test_acc=0.9`` or ``**{"test/acc": 0.9}``) are logged
-        every call; tensors are converted here (a sync point on GPU).
+        every call. Tensors stay on their device until the next look, or until
+        ``options["flush_every"]`` steps have gathered (default 25, half a detector window), and
+        are then converted together in one transfer: no host sync between looks.
         """
         if self._closed:
+            if not self._warned_closed:
+                self._warned_closed = True
+                warnings.warn(
+                    "dynmon: Monitor.step() after close() is ignored; create a new Monitor (or "
+                    "load_state_dict into one) to keep recording",
+                    RuntimeWarning,
+                    2,
+                )
             return
-        step = self._next_step if step is None else int(step)
+        step = self._next_step if step is None else self._check_step(step)
+        if self._last_step is not None and step <= self._last_step:
+            warnings.warn(
+                f"dynmon: step {step} does not increase (the last was {self._last_step}); it is "
+                "recorded, but load_run keeps only the last row of a repeated step. Pass the "
+                "optimizer step count, or step=None to count calls",
+                RuntimeWarning,
+                2,
+            )
         self._next_step = step + 1
         self._last_step = step
         gather = self._sharded and self._gather_due(step)
@@ -534,27 +610,72 @@ class Monitor:
         with distributed.gathered(self.model) if gather else contextlib.nullcontext():
             self._step(step, loss, scalars)
 
+    def _check_step(self, step: Any) -> int:
+        """An integer step in the int64 range (what the run folder and its readers can hold)."""
+        if isinstance(step, Tensor) and step.numel() == 1:
+            step = step.item()  # sync point (pass a Python int to avoid it)
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
+            if isinstance(step, (float, np.floating)) and float(step).is_integer():
+                step = int(step)
+            else:
+                raise TypeError(
+                    f"dynmon: step must be an integer (the optimizer step count), got {step!r}"
+                )
+        step = int(step)
+        if not 0 <= step < 2**63:
+            raise ValueError(f"dynmon: step must be in [0, 2**63), got {step}")
+        return step
+
     def _step(self, step: int, loss: Tensor | float | None, scalars: Mapping[str, Any]) -> None:
-        """Rank 0's share of ``step``: log, look if due, detect."""
+        """Rank 0's share of ``step``: keep the values, look if due, then write and detect."""
         values: dict[str, Any] = {}
         if loss is not None:
             values["loss"] = loss
         values.update(scalars)
-        logged = self._floats(values)
+        values = self._checked_values(values)
         due = [
             (n, spec)
             for n, (spec, own) in self._metrics.items()
             if n not in self._disabled and (own or self.schedule)(step)
         ]
-        arrays: dict[str, np.ndarray] = {}
+        self._pending.append((step, values))
+        pending_tensors = self._pending_tensors or any(
+            isinstance(v, Tensor) for v in values.values()
+        )
+        self._pending_tensors = pending_tensors
+        if due or not pending_tensors or len(self._pending) >= self._flush_every:
+            looked, arrays = self._look(step, due) if due else (None, {})
+            self._flush(looked, arrays)
+        self._keep_prev_weights(step + 1)
+
+    def _flush(
+        self, looked: Mapping[str, Any] | None = None, arrays: Mapping[str, Any] = {}
+    ) -> None:
+        """Convert the pending rows (and a look's outputs, which belong to the last row) in one
+        transfer per device, then write each row and feed the detectors, in step order."""
+        rows, self._pending, self._pending_tensors = self._pending, [], False
+        if not rows and not looked:
+            return
+        parts: list[Mapping[str, Any]] = [v for _, v in rows] + [looked or {}]
+        converted, host_arrays = _to_host_values(parts, arrays)
+        for i, (row_step, _) in enumerate(rows):
+            logged = converted[i]
+            last = i == len(rows) - 1
+            if last and looked is not None:
+                logged.update(converted[-1])
+            self._record_row(
+                row_step, logged, host_arrays if last else {}, looked is not None and last
+            )
+
+    def _record_row(
+        self, step: int, logged: dict[str, float], arrays: Mapping[str, np.ndarray], look: bool
+    ) -> None:
+        """Write one step's row and run the learning-curve series and detectors on it."""
         acorr = self._loss_acorr.update(step, logged["loss"]) if "loss" in logged else None
-        if due:
-            looked, arrays = self._look(step, due)
-            logged.update(looked)
-            if acorr is not None:
-                logged["dynmon/loss_autocorr_curv"] = acorr
+        if look and acorr is not None:
+            logged["dynmon/loss_autocorr_curv"] = acorr
         if logged or arrays:
-            self._emit("write", step, logged, arrays)
+            self._emit("write", step, logged, dict(arrays))
         if "dynmon/weight_norm" in logged:
             curv = self._norm_curv.update(step, logged["dynmon/weight_norm"])
             if curv is not None:  # a centred estimate: it belongs to the window's middle look
@@ -562,28 +683,21 @@ class Monitor:
                     "write", self._norm_curv.middle_step, {"dynmon/norm_curvature": curv}, {}
                 )
         self._detect(step, logged)
-        self._keep_prev_weights(step + 1)
 
-    def _floats(self, values: Mapping[str, Any]) -> dict[str, float]:
-        """Convert scalars to Python floats with one device transfer (``# sync point``)."""
-        out: dict[str, float] = {}
-        tensors: dict[str, Tensor] = {}
+    def _checked_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Keep one-number tensors (detached, on their device) and finite-or-not Python numbers;
+        anything else is reported (or raised when strict) and skipped."""
+        out: dict[str, Any] = {}
         for k, v in values.items():
             if isinstance(v, Tensor):
                 if v.numel() != 1:
                     self._bad_input(f"scalar {k!r} has shape {tuple(v.shape)}; log one number")
                     continue
-                tensors[k] = v.detach().reshape(()).to(torch.float64)
-            elif isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-                out[k] = float(v)
-            elif isinstance(v, bool):
-                out[k] = float(v)
+                out[k] = v.detach().reshape(())
+            elif isinstance(v, (bool, int, float, np.floating, np.integer)):
+                out[k] = _as_float(k, v)
             else:
                 self._bad_input(f"scalar {k!r} is a {type(v).__name__}; log a number or tensor")
-        if tensors:
-            device = next(iter(tensors.values())).device
-            flat = torch.stack([t.to(device) for t in tensors.values()])
-            out.update(zip(tensors, flat.cpu().tolist(), strict=True))  # sync point
         return out
 
     def _bad_input(self, message: str) -> None:
@@ -641,11 +755,7 @@ class Monitor:
                     self._references[name] = out.snapshot
         ctx = None  # drop this look's inputs before converting
         self._looks += 1
-        return self._floats(scalars), {k: self._array(v) for k, v in arrays.items()}
-
-    @staticmethod
-    def _array(v: Tensor) -> np.ndarray:
-        return v.detach().to(torch.float64).cpu().numpy()  # sync point
+        return scalars, arrays
 
     def _context(
         self, step: int, needs: set[str], due: list[tuple[str, MetricSpec]], is_reference: bool
@@ -849,6 +959,10 @@ class Monitor:
             self._closed = True
             return
         self._closed = True
+        try:  # rows still waiting for their one transfer
+            self._flush()
+        except Exception as exc:
+            warnings.warn(f"dynmon: writing the last rows failed: {exc!r}", RuntimeWarning, 2)
         step = self._last_step if self._last_step is not None else 0
         try:
             for det in self._detectors:
@@ -891,7 +1005,11 @@ class Monitor:
 
     # -- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue its histories (``torch.save``-able)."""
+        """Everything a resumed run needs to continue its histories (``torch.save``-able).
+
+        Pending rows are written first, so the saved state and the run folder agree."""
+        if self.active and not self._closed:
+            self._flush()
         return {
             "version": 2,
             "next_step": self._next_step,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dynmon.adapters import bert, hf_gpt2, nanogpt, qkvo, tl, torch_mha
 from dynmon.adapters.base import HeadWeights
-from dynmon.adapters.discover import NoAttentionFound, heads
+from dynmon.adapters.discover import NoAttentionFound, heads, iter_heads
 from dynmon.adapters.layout import (
     bias_heads,
     conv1d_in_heads,
@@ -50,6 +50,7 @@ __all__ = [
     "grads",
     "head_weights",
     "heads",
+    "iter_heads",
     "linear_in_heads",
     "linear_out_heads",
     "register_adapter",

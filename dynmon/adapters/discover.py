@@ -23,15 +23,22 @@ class NoAttentionFound(ValueError):
 
 def heads(model: nn.Module) -> list[HeadWeights]:
     """Per-head weights of every attention layer, in module order, detached views where possible."""
+    return list(iter_heads(model))
+
+
+def iter_heads(model: nn.Module) -> Iterator[HeadWeights]:
+    """``heads(model)`` one layer at a time, so a look never holds every layer's (expanded) copy.
+
+    Raises ``NoAttentionFound`` (before yielding anything) when no module matches an adapter.
+    """
     root = unwrap(model)
-    layers = []
-    with torch.no_grad():
-        for name, module, adapter in _attention_modules(root):
-            hw = _checked(adapter.extract(module), adapter, name)
-            layers.append(dataclasses.replace(hw, name=name, layer=len(layers)))
-    if not layers:
+    found = list(_attention_modules(root))  # modules only: cheap
+    if not found:
         raise NoAttentionFound(_no_attention_message(root))
-    return layers
+    for i, (name, module, adapter) in enumerate(found):
+        with torch.no_grad():
+            hw = _checked(adapter.extract(module), adapter, name)
+        yield dataclasses.replace(hw, name=name, layer=i)
 
 
 def _attention_modules(root: nn.Module) -> Iterator[tuple[str, nn.Module, Adapter]]:

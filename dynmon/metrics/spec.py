@@ -18,9 +18,22 @@ from dynmon.adapters.base import HeadWeights
 
 # What a metric can ask for. The Monitor gathers only what the metrics due at a step need:
 # "heads" (per-head weights), "head_spectra" (singular values of each head's QK and OV),
-# "head_svd" (the same with singular vectors), "weights" (every 2-D weight), "grads",
-# "prev_weights" (weights one monitor step before), "curvature" (loss_fn + probe batch, grad on).
-Need = Literal["heads", "head_spectra", "head_svd", "weights", "grads", "prev_weights", "curvature"]
+# "head_svd" (the same with singular vectors, stacked over layers: memory of a copy of the
+# attention weights), "head_subspace" (overlaps of each head's subspaces with the previous and
+# reference look, computed layer by layer; the built-in subspace_dist), "weights" (every 2-D
+# weight), "grads", "prev_weights" (weights one monitor step before), "curvature" (loss_fn +
+# probe batch, grad on).
+Need = Literal[
+    "heads",
+    "head_spectra",
+    "head_svd",
+    "head_subspace",
+    "weights",
+    "grads",
+    "prev_weights",
+    "curvature",
+]
+HEAD_NEEDS = frozenset({"heads", "head_spectra", "head_svd", "head_subspace"})
 Cost = Literal["economy", "full", "opt-in"]
 
 
@@ -31,8 +44,14 @@ class LookContext:
     step: int
     model: nn.Module
     heads: list[HeadWeights] = field(default_factory=list)
-    # circuit ("QK"/"OV") -> singular values [L, H, dh], descending (NaN-padded if ragged)
+    # circuit ("QK"/"OV") -> singular values [L, H, r], descending; layers with fewer heads are
+    # NaN-padded, smaller ranks zero-padded (zeros change no rank measure)
     spectra: dict[str, Tensor] = field(default_factory=dict)
+    n_heads: list[int] = field(default_factory=list)  # heads of each layer
+    head_ranks: list[int] = field(default_factory=list)  # nonzero-spectrum length of each layer
+    # circuit -> {"prev"|"ref": (b_U, b_V)} overlap block sums [L, H, r] (inputs.head_pass)
+    head_blocks: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
+    head_state: Any = None  # the new per-layer drift state, kept by the Monitor as a snapshot
     # circuit -> (U [L, H, D, dh], S [L, H, dh], V [L, H, D, dh]) of the D x D circuit
     svd: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
     weights: dict[str, Tensor] = field(default_factory=dict)  # every 2-D weight, by name

@@ -19,6 +19,8 @@ import warnings
 import torch
 from torch import Tensor
 
+from dynmon.metrics.gram import factor_from_gram
+
 __all__ = [
     "svdvals",
     "circuit_svdvals",
@@ -113,10 +115,19 @@ def _circuit_core(
 
 
 def _circuit_svdvals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    """Nonzero singular values of ``A @ B.mT`` from the factors, and the non-finite mask."""
-    _, _, core, bad = _circuit_core(A, B, bases=False)
-    s = torch.linalg.svdvals(core)  # [..., min(r_a, r_b)]
-    return _nan_bad(s, bad, 1), bad
+    """Nonzero singular values of ``A @ B.mT`` from the factors, and the non-finite mask.
+
+    The triangular factors come from the Gram matrices (``gram.factor_from_gram``: one matmul
+    per factor, float64 QR for the ill-conditioned ones), the core's SVD is float64.
+    """
+    A, B = _common_dtype(A, B)
+    bad_A, bad_B = _nonfinite(A), _nonfinite(B)
+    R_A, _ = factor_from_gram(_zero_bad(A, bad_A))  # [..., dh, dh] float64
+    R_B, _ = factor_from_gram(_zero_bad(B, bad_B))
+    s = torch.linalg.svdvals(R_A @ R_B.mT).to(A.dtype)  # [..., dh]
+    if A.shape[-2] < A.shape[-1] or B.shape[-2] < B.shape[-1]:
+        s = s[..., : min(A.shape[-2], B.shape[-2], A.shape[-1])]
+    return _nan_bad(s, bad_A | bad_B, 1), bad_A | bad_B
 
 
 def _circuit_svd(A: Tensor, B: Tensor, k: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -7,11 +7,9 @@ two times return a snapshot and receive it back (and the reference one) from the
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-
 from dynmon.keys import head_scalars, key
-from dynmon.metrics import norms, spectral, subspace
+from dynmon.metrics import inputs, norms, spectral, subspace
+from dynmon.metrics.inputs import head_factors  # noqa: F401  (re-exported)
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 
 CIRCUITS = ("QK", "OV")
@@ -24,7 +22,7 @@ def _rank_metric(name: str, fn) -> MetricSpec:
         out = Output()
         for circuit, s in ctx.spectra.items():
             values = fn(s)  # [L, H]
-            out.scalars.update(head_scalars(name, values, circuit))
+            out.scalars.update(head_scalars(name, values, circuit, ctx.n_heads or None))
             out.arrays[key(name, circuit)] = values
         if name == "erank":  # the spectra themselves travel with the cheapest metric
             for circuit, s in ctx.spectra.items():
@@ -46,22 +44,22 @@ def _numerical_rank(ctx: LookContext) -> Output:
 
 def _subspace_dist(ctx: LookContext) -> Output:
     """Distance between each head's top-k singular subspaces now and at the previous / reference
-    look: the mean of the left (read) and right (write) subspace distances."""
-    out = Output(snapshot={})
-    for circuit, (U, S, V) in ctx.svd.items():
+    look: the mean of the left (read) and right (write) subspace distances.
+
+    The layer-streamed look (``inputs.head_pass``) has already computed the overlaps with the
+    previous and reference states; this row picks k and turns them into keys. Its snapshot is
+    the new per-layer state (factor copies and small float64 matrices, docs/metrics.md)."""
+    out = Output(snapshot=ctx.head_state)
+    for circuit, s in ctx.spectra.items():
         k_opt = ctx.options.get("subspace_k", "auto")
-        k = subspace.choose_k(S, cap=S.shape[-1]) if k_opt == "auto" else int(k_opt)
-        out.snapshot[circuit] = (U, V)
+        k = subspace.choose_k(s, cap=s.shape[-1]) if k_opt == "auto" else int(k_opt)
         out.scalars[key("subspace_k", circuit)] = float(k)
-        for name, old in (("subspace_dist", ctx.snapshot), ("subspace_dist_ref", ctx.reference)):
-            if not old or circuit not in old or old[circuit][0].shape != U.shape:
+        for name, which in (("subspace_dist", "prev"), ("subspace_dist_ref", "ref")):
+            blocks = ctx.head_blocks.get(circuit, {}).get(which)
+            if blocks is None:
                 continue
-            U0, V0 = old[circuit]
-            d = 0.5 * (
-                subspace.subspace_distance(U[..., :k], U0[..., :k])
-                + subspace.subspace_distance(V[..., :k], V0[..., :k])
-            )  # [L, H]
-            out.scalars.update(head_scalars(name, d, circuit))
+            d = inputs.drift_from_blocks(*blocks, k, ctx.head_ranks)  # [L, H]
+            out.scalars.update(head_scalars(name, d, circuit, ctx.n_heads or None))
             out.arrays[key(name, circuit)] = d
     return out
 
@@ -182,7 +180,7 @@ def _rows() -> dict[str, MetricSpec]:
         MetricSpec(
             "subspace_dist",
             _subspace_dist,
-            frozenset({"head_svd"}),
+            frozenset({"head_subspace"}),
             "economy",
             "principal-angle distance of each head's top-k QK/OV subspaces to the previous and"
             " the reference look",
@@ -215,33 +213,3 @@ PRESETS: dict[str, tuple[str, ...]] = {
     "economy": tuple(n for n, r in METRICS.items() if r.cost == "economy"),
     "full": tuple(n for n, r in METRICS.items() if r.cost in ("economy", "full")),
 }
-
-
-def head_factors(heads) -> dict[str, tuple[Tensor, Tensor]]:
-    """Per-circuit factors ``(A, B)`` of all heads, ``M = A Bᵀ``, each ``[L, H, D, dh]``."""
-    shapes = {tuple(tuple(t.shape) for t in (h.W_Q, h.W_K, h.W_V, h.W_O)) for h in heads}
-    if len(shapes) != 1:
-        raise ValueError(
-            f"attention layers have different head shapes {sorted(shapes)} (W_Q, W_K, W_V, W_O);"
-            " per-head metrics stack all layers and need one shape"
-        )
-    W_Q = torch.stack([h.W_Q for h in heads])  # [L, H, D, dh]
-    W_K = torch.stack([h.W_K for h in heads])  # [L, H, D, dh]
-    W_V = torch.stack([h.W_V for h in heads])  # [L, H, D, dh]
-    W_O = torch.stack([h.W_O for h in heads])  # [L, H, dh, D]
-    return {"QK": (W_Q, W_K), "OV": (W_V, W_O.mT)}
-
-
-def head_inputs(heads, need_vectors: bool) -> tuple[dict[str, Tensor], dict[str, tuple]]:
-    """Per-circuit spectra ``[L, H, dh]`` (and SVDs) of all heads, one batched call per circuit."""
-    if not heads:
-        return {}, {}
-    spectra, svd = {}, {}
-    for circuit, (A, B) in head_factors(heads).items():
-        if need_vectors:
-            U, S, V = spectral.circuit_svd(A, B)
-            svd[circuit] = (U, S, V)
-            spectra[circuit] = S
-        else:
-            spectra[circuit] = spectral.circuit_svdvals(A, B)
-    return spectra, svd

@@ -1,0 +1,129 @@
+"""Circuit spectra from the Gram matrices of the factors, with a per-matrix QR fallback.
+
+For a circuit ``M = A Bᵀ`` (``A, B: [..., D, dh]``) the nonzero singular values are those of
+the ``dh x dh`` core ``R_A R_Bᵀ`` for any ``R`` with ``RᵀR = AᵀA``. Taking ``R`` from the
+Cholesky factor of the Gram matrix costs one matmul per factor, where a Householder QR costs
+about seven. Rounding ``G = AᵀA`` perturbs ``R`` multiplicatively by about ``eps·κ(A)²``
+(docs: Gram path), hence every singular value of ``M`` *relatively* by that much; a factor whose
+estimated ``eps·κ²`` exceeds ``GRAM_TOL`` is recomputed by a float64 QR instead.
+
+Pure functions, batched over leading dims; the Gram matrices and cores are float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "GRAM_TOL",
+    "CholFactor",
+    "gram",
+    "cholesky_factor",
+    "qr_factor",
+    "factor_from_gram",
+    "gram_eigvals_svdvals",
+]
+
+# Largest accepted ``eps·4κ²`` (κ estimated from below by power steps, hence the 4). Measured
+# (tests/test_gram.py): the relative error of the circuit singular values is about 0.3·eps·κ²,
+# so float32 factors take the Gram path up to κ ≈ 29 (error ≤ 2e-5), float64 up to κ ≈ 1e6.
+GRAM_TOL = 2e-4
+_POWER_ITERS = 12
+
+
+def working_dtype(*xs: Tensor) -> torch.dtype:
+    """float64 if any input is float64, else float32 (half precision computes in float32)."""
+    return torch.float64 if any(x.dtype == torch.float64 for x in xs) else torch.float32
+
+
+def gram(F: Tensor) -> Tensor:
+    """``FᵀF`` ``[..., D, dh] -> [..., dh, dh]`` in float64, from a product in working precision."""
+    F = F.to(working_dtype(F))
+    return (F.mT @ F).to(torch.float64)  # [..., dh, dh]
+
+
+@dataclass(frozen=True)
+class CholFactor:
+    """``R`` upper triangular with ``RᵀR = G``, its inverse, and where it may be trusted."""
+
+    R: Tensor  # [..., dh, dh] float64
+    R_inv: Tensor  # [..., dh, dh] float64
+    ok: Tensor  # bool [...]: Cholesky succeeded and eps·κ² <= GRAM_TOL
+
+
+def _max_eig(S: Tensor, iters: int) -> Tensor:
+    """Largest eigenvalue ``[...]`` of symmetric PSD ``S`` by power iteration (a lower bound)."""
+    v = torch.ones(S.shape[:-1] + (1,), dtype=S.dtype, device=S.device)  # [..., n, 1]
+    v = v + torch.linspace(0, 1, S.shape[-1], dtype=S.dtype, device=S.device)[:, None]
+    lam = torch.zeros(S.shape[:-2], dtype=S.dtype, device=S.device)
+    for _ in range(iters):
+        w = S @ v
+        lam = torch.linalg.vector_norm(w, dim=(-2, -1)) / torch.linalg.vector_norm(
+            v, dim=(-2, -1)
+        ).clamp_min(1e-300)
+        v = w / torch.linalg.vector_norm(w, dim=(-2, -1), keepdim=True).clamp_min(1e-300)
+    return lam
+
+
+def cholesky_factor(G: Tensor, eps: float) -> CholFactor:
+    """Cholesky ``R`` of ``G = AᵀA`` and a trust flag from ``eps·κ(A)²`` (power-iteration estimate).
+
+    ``κ(A)² = λmax(G)·λmax(G⁻¹)``; both come from a few power steps (on ``G`` and on
+    ``R⁻¹R⁻ᵀ``), which underestimate, so the estimate is scaled up by 4 before the test.
+    """
+    L, info = torch.linalg.cholesky_ex(G)  # G = L Lᵀ
+    R = L.mT  # [..., dh, dh] upper, RᵀR = G
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    good = info == 0
+    R = torch.where(good[..., None, None], R, eye)  # keep the solve finite where it failed
+    R_inv = torch.linalg.solve_triangular(R, eye.expand_as(R), upper=True)
+    lam_max = _max_eig(G, _POWER_ITERS)
+    lam_inv = _max_eig(R_inv @ R_inv.mT, _POWER_ITERS)  # λmax(G⁻¹) = 1/λmin(G)
+    kappa_sq = 4.0 * lam_max * lam_inv
+    ok = good & torch.isfinite(kappa_sq) & (eps * kappa_sq <= GRAM_TOL)
+    return CholFactor(R=R, R_inv=R_inv, ok=ok)
+
+
+def qr_factor(F: Tensor) -> Tensor:
+    """``R`` of a float64 Householder QR of ``F`` ``[..., D, dh] -> [..., r, dh]`` (fallback)."""
+    return torch.linalg.qr(F.to(torch.float64), mode="r").R
+
+
+def factor_from_gram(F: Tensor, G: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A triangular ``R`` (``RᵀR = FᵀF``) per matrix, float64, and the mask of Gram-path matrices.
+
+    Well-conditioned matrices take the Cholesky factor of ``G`` (computed here if None);
+    the others a float64 QR of ``F`` (``# sync point``: which ones is decided on the host).
+    """
+    if G is None:
+        G = gram(F)
+    chol = cholesky_factor(G, torch.finfo(working_dtype(F)).eps)
+    R = chol.R.clone()
+    bad = ~chol.ok
+    if F.shape[-2] < F.shape[-1]:  # wide factor: R from QR has fewer rows; pad with zeros
+        bad = torch.ones_like(bad)
+    if bool(bad.any()):  # sync point
+        idx = bad.nonzero(as_tuple=True)
+        R_qr = qr_factor(F[idx])  # [n_bad, r, dh]
+        full = torch.zeros(R_qr.shape[:-2] + R.shape[-2:], dtype=R.dtype, device=R.device)
+        full[..., : R_qr.shape[-2], :] = R_qr
+        R[idx] = full
+    return R, chol.ok & ~bad
+
+
+def gram_eigvals_svdvals(W: Tensor) -> Tensor:
+    """Singular values of a (batched) matrix from the eigenvalues of its small Gram side.
+
+    ``[..., m, n] -> [..., min(m, n)]`` descending, float64: ``σ = √λ(WᵀW)`` (or ``WWᵀ``),
+    with the Gram product in working precision and the eigenvalues in float64. Accurate
+    relative to ``σ₁`` (absolute error about ``eps·σ₁²/σ`` on small σ), which is what erank
+    and stable rank need; use ``svdvals`` when the small singular values must be exact.
+    """
+    m, n = W.shape[-2:]
+    W = W.to(working_dtype(W))
+    small = W.mT @ W if m >= n else W @ W.mT  # [..., min, min]
+    lam = torch.linalg.eigvalsh(small.to(torch.float64))  # ascending
+    return lam.clamp_min(0).sqrt().flip(-1)

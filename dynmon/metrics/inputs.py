@@ -1,0 +1,337 @@
+"""Per-head inputs of a look, streamed one attention layer at a time.
+
+For every layer this computes the singular values of each head's QK and OV circuits from the
+Gram matrices of the factors (``gram.py``) and, when subspace drift is tracked, the overlaps of
+each head's singular subspaces with those of the previous and the reference look. Only one
+layer's factors are ever materialised; layers may differ in head count and width.
+
+Drift without bases (docs/metrics.md#subspace_dist). A head's top singular vectors are
+``U = A X`` with ``X = R⁻¹u`` (``u`` from the SVD of the core), so the overlap with an earlier
+basis ``U₀ = A₀X₀`` is ``U₀ᵀU = X₀ᵀ(A₀ᵀA)X``: a ``dh x dh`` cross-Gram. To keep small distances
+accurate the cross-Grams are carried forward from the change ``Δ = A − A₀`` alone
+(``A₀ᵀA = G₀ + A₀ᵀΔ``, ``AᵀA = G₀ + A₀ᵀΔ + ΔᵀA₀ + ΔᵀΔ``), so rounding scales with ``Δ``, not
+with ``A``. The state a layer keeps is a copy of its factors (weights' dtype, on the snapshot
+device), their float64 Gram matrices and cross-Grams with the reference, and the coefficient
+matrices ``X``. Heads whose factors are too ill-conditioned for the Gram path use explicit
+float64 QR bases, recomputed for the earlier look from the stored factors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dynmon.adapters.base import HeadWeights
+from dynmon.metrics.gram import cholesky_factor, gram, qr_factor, working_dtype
+
+CIRCUITS = ("QK", "OV")
+_CIRCUIT_FACTORS = {"QK": ("Q", "K"), "OV": ("V", "O")}
+STATE_VERSION = 2
+
+
+def head_factors(heads: Iterable[HeadWeights]) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per-circuit factors ``(A, B)`` of all heads, ``M = A Bᵀ``, each ``[L, H, D, dh]``.
+
+    Stacks every layer (memory: a copy of all attention weights); the Monitor streams layers
+    instead. For offline use on histories (``analyze``, the induction pack).
+    """
+    heads = list(heads)
+    shapes = {tuple(tuple(t.shape) for t in (h.W_Q, h.W_K, h.W_V, h.W_O)) for h in heads}
+    if len(shapes) != 1:
+        raise ValueError(
+            f"attention layers have different head shapes {sorted(shapes)} (W_Q, W_K, W_V, W_O);"
+            " stacking them needs one shape: use the Monitor's layer-streamed look instead"
+        )
+    W_Q = torch.stack([h.W_Q for h in heads])  # [L, H, D, dh]
+    W_K = torch.stack([h.W_K for h in heads])  # [L, H, D, dh]
+    W_V = torch.stack([h.W_V for h in heads])  # [L, H, D, dh]
+    W_O = torch.stack([h.W_O for h in heads])  # [L, H, dh, D]
+    return {"QK": (W_Q, W_K), "OV": (W_V, W_O.mT)}
+
+
+def layer_factors(hw: HeadWeights) -> tuple[dict[str, Tensor], dict[str, Tensor | None]]:
+    """The distinct factors of one layer (``Q, K, V: [h, D, dh]``, ``O = W_Oᵀ: [H, D, dh]``) and,
+    for grouped-query K/V, the index of each query head's K/V head (None: one per head)."""
+    H = hw.n_heads
+    n_kv = hw.n_kv_heads
+    factors = {"Q": hw.W_Q, "K": hw.W_K, "V": hw.W_V, "O": hw.W_O.mT}
+    index: dict[str, Tensor | None] = {f: None for f in factors}
+    if n_kv and n_kv < H and H % n_kv == 0:
+        group = H // n_kv
+        for f in ("K", "V"):  # expanded by repeat_interleave: every group-th head is distinct
+            factors[f] = factors[f][::group]  # [H_kv, D', dh]
+            index[f] = torch.arange(H, device=hw.W_Q.device) // group  # [H]
+    return factors, index
+
+
+def _take(t: Tensor, idx: Tensor | None) -> Tensor:
+    return t if idx is None else t[idx]
+
+
+def _block_sums(M: Tensor) -> Tensor:
+    """``b[..., k-1] = ‖M[..., :k, :k]‖_F²`` for every k: ``[..., r, r] -> [..., r]``."""
+    S = M.square().cumsum(-1).cumsum(-2)  # [..., r, r]
+    return S.diagonal(dim1=-2, dim2=-1)
+
+
+def _explicit_bases(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Orthonormal float64 ``U [..., D, r]``, ``S``, ``V [..., D, r]`` of ``A Bᵀ`` by QR."""
+    Q_A, R_A = torch.linalg.qr(A.to(torch.float64))  # [..., D, dh], [..., dh, dh]
+    Q_B, R_B = torch.linalg.qr(B.to(torch.float64))
+    u, s, vh = torch.linalg.svd(R_A @ R_B.mT, full_matrices=False)
+    return Q_A @ u, s, Q_B @ vh.mT
+
+
+@dataclass
+class LayerResult:
+    """One layer's outputs: spectra per circuit ``[H, r]`` and, when tracked, the overlap block
+    sums ``{circuit: {"prev"|"ref": (b_U [H, r], b_V [H, r])}}`` and the state for next time."""
+
+    spectra: dict[str, Tensor]
+    blocks: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
+    state: dict[str, Any] | None = None
+    svd: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+
+
+def _compatible(state: Any, factors: dict[str, Tensor]) -> bool:
+    return (
+        isinstance(state, dict)
+        and state.get("version") == STATE_VERSION
+        and all(state["F"][f].shape == F.shape for f, F in factors.items())
+    )
+
+
+def layer_pass(
+    hw: HeadWeights,
+    *,
+    track: bool = False,
+    prev: dict[str, Any] | None = None,
+    ref: dict[str, Any] | None = None,
+    is_reference: bool = False,
+    store_device: torch.device | str | None = None,
+    vectors: bool = False,
+) -> LayerResult:
+    """Spectra (and, if ``track``, drift against ``prev``/``ref`` states) of one layer's heads.
+
+    ``vectors`` also returns the explicit ``U, S, V`` per circuit (the legacy ``head_svd`` need).
+    """
+    factors, index = layer_factors(hw)
+    eps = torch.finfo(working_dtype(*factors.values())).eps
+    if prev is not None and not _compatible(prev, factors):
+        prev = None
+    if ref is not None and (prev is None or not _compatible(ref, factors)):
+        ref = None
+    grams: dict[str, Tensor] = {}
+    cross_prev: dict[str, Tensor] = {}
+    cross_ref: dict[str, Tensor] = {}
+    for f, F in factors.items():
+        if not track or prev is None:
+            grams[f] = gram(F)  # [h, dh, dh]
+            continue
+        wd = working_dtype(F)
+        F0 = prev["F"][f].to(device=F.device, dtype=wd)
+        delta = F.to(wd) - F0  # [h, D, dh]
+        P = (F0.mT @ delta).to(torch.float64)  # A₀ᵀΔ
+        Q = (delta.mT @ delta).to(torch.float64)  # ΔᵀΔ
+        G0 = prev["G"][f].to(F.device)
+        cross_prev[f] = G0 + P  # A₀ᵀA
+        grams[f] = G0 + P + P.mT + Q  # AᵀA, carried forward
+        if ref is not None and prev.get("C") is not None:
+            if ref["F"][f] is prev["F"][f]:  # the previous look was the reference
+                P_ref = P
+            else:
+                F_ref = ref["F"][f].to(device=F.device, dtype=wd)
+                P_ref = (F_ref.mT @ delta).to(torch.float64)  # A_refᵀΔ
+            cross_ref[f] = prev["C"][f].to(F.device) + P_ref  # A_refᵀA
+        del delta
+    chols = {f: cholesky_factor(G, eps) for f, G in grams.items()}
+
+    result = LayerResult(spectra={})
+    state_X: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+    for circuit, (fa, fb) in _CIRCUIT_FACTORS.items():
+        ia, ib = index[fa], index[fb]
+        A, B = _take(factors[fa], ia), _take(factors[fb], ib)  # [H, D, dh] views or gathers
+        R_A, R_B = _take(chols[fa].R, ia), _take(chols[fb].R, ib)
+        ok = _take(chols[fa].ok, ia) & _take(chols[fb].ok, ib)  # [H]
+        if A.shape[-2] < A.shape[-1] or B.shape[-2] < B.shape[-1]:
+            ok = torch.zeros_like(ok)
+        bad = (~ok).nonzero(as_tuple=True)[0]  # sync point: which heads take the QR path
+        if bad.numel():
+            R_A, R_B = R_A.clone(), R_B.clone()
+            for R, F in ((R_A, A), (R_B, B)):
+                r = qr_factor(F[bad])  # [n_bad, r, dh]
+                R[bad] = 0
+                R[bad, : r.shape[-2]] = r
+        core = R_A @ R_B.mT  # [H, dh, dh] float64
+        wd = working_dtype(A, B)
+        if not (track or vectors):
+            result.spectra[circuit] = torch.linalg.svdvals(core).to(wd)
+            continue
+        u, s, vh = torch.linalg.svd(core)  # [H, dh, dh], [H, dh], [H, dh, dh]
+        result.spectra[circuit] = s.to(wd)
+        eye_a = _take(chols[fa].R_inv, ia)
+        eye_b = _take(chols[fb].R_inv, ib)
+        X_A = eye_a @ u  # [H, dh, r]: U = A X_A on Gram-path heads
+        X_B = eye_b @ vh.mT  # [H, dh, r]: V = B X_B
+        if vectors:
+            result.svd[circuit] = _vectors(A, B, X_A, X_B, s, ok, bad)
+        if not track:
+            continue
+        state_X[circuit] = (X_A, X_B, ok)
+        blocks: dict[str, tuple[Tensor, Tensor]] = {}
+        for which, old, cross in (("prev", prev, cross_prev), ("ref", ref, cross_ref)):
+            if old is None or fa not in cross or circuit not in old["X"]:
+                continue
+            X_A0, X_B0, ok0 = (t.to(core.device) for t in old["X"][circuit])
+            M_U = X_A0.mT @ _take(cross[fa], ia) @ X_A  # U₀ᵀU [H, r, r]
+            M_V = X_B0.mT @ _take(cross[fb], ib) @ X_B  # V₀ᵀV
+            both = ok & ok0
+            slow = (~both).nonzero(as_tuple=True)[0]  # sync point
+            if slow.numel():
+                M_U, M_V = M_U.clone(), M_V.clone()
+                A0 = _take(old["F"][fa].to(A.device), ia)[slow]
+                B0 = _take(old["F"][fb].to(A.device), ib)[slow]
+                U0, _, V0 = _explicit_bases(A0, B0)
+                U1, _, V1 = _explicit_bases(A[slow], B[slow])
+                M_U[slow] = U0.mT @ U1
+                M_V[slow] = V0.mT @ V1
+            blocks[which] = (_block_sums(M_U), _block_sums(M_V))
+        result.blocks[circuit] = blocks
+    if track:
+        dev = store_device
+        result.state = {
+            "version": STATE_VERSION,
+            "F": {f: F.detach().to(device=dev or F.device, copy=True) for f, F in factors.items()},
+            "G": {f: G.to(dev or G.device) for f, G in grams.items()},
+            "C": (
+                {f: grams[f].to(dev or grams[f].device) for f in factors}
+                if is_reference
+                else ({f: c.to(dev or c.device) for f, c in cross_ref.items()} or None)
+            ),
+            "X": {c: tuple(t.to(dev or t.device) for t in x) for c, x in state_X.items()},
+        }
+    return result
+
+
+def _vectors(
+    A: Tensor, B: Tensor, X_A: Tensor, X_B: Tensor, s: Tensor, ok: Tensor, bad: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Explicit ``U, S, V`` (``[H, D, r]``) in the factors' working dtype."""
+    wd = working_dtype(A, B)
+    U = A.to(wd) @ X_A.to(wd)  # [H, D, r]
+    V = B.to(wd) @ X_B.to(wd)
+    if bad.numel():
+        U1, _, V1 = _explicit_bases(A[bad], B[bad])
+        U[bad], V[bad] = U1.to(wd), V1.to(wd)
+    return U, s.to(wd), V
+
+
+@dataclass
+class HeadPass:
+    """All layers' per-head inputs: spectra ``[L, Hmax, rmax]`` (zero-padded ranks, NaN for
+    heads a layer does not have), head counts, drift block sums (same layout) and state."""
+
+    spectra: dict[str, Tensor]
+    n_heads: list[int]
+    ranks: list[int]
+    blocks: dict[str, dict[str, tuple[Tensor, Tensor]]]
+    state: list[dict[str, Any]] | None
+    svd: dict[str, tuple[Tensor, Tensor, Tensor]]
+
+
+def _pad_stack(rows: list[Tensor], n_heads: list[int], r_max: int, fill_r: float) -> Tensor:
+    """Stack ``[H_l, r_l]`` rows into ``[L, Hmax, rmax]``: ranks padded with ``fill_r``, missing
+    heads with NaN."""
+    h_max = max(n_heads)
+    out = rows[0].new_full((len(rows), h_max, r_max), float("nan"))
+    for i, t in enumerate(rows):
+        out[i, : t.shape[0], : t.shape[1]] = t
+        out[i, : t.shape[0], t.shape[1] :] = fill_r
+    return out
+
+
+def head_pass(
+    layers: Iterable[HeadWeights],
+    *,
+    track: bool = False,
+    prev: list[dict[str, Any]] | None = None,
+    ref: list[dict[str, Any]] | None = None,
+    is_reference: bool = False,
+    store_device: torch.device | str | None = None,
+    vectors: bool = False,
+) -> HeadPass:
+    """Run ``layer_pass`` over the layers one at a time, freeing each old state as it goes."""
+    spectra: dict[str, list[Tensor]] = {c: [] for c in CIRCUITS}
+    blocks: dict[str, dict[str, list[tuple[Tensor, Tensor]]]] = {c: {} for c in CIRCUITS}
+    svd: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {c: [] for c in CIRCUITS}
+    n_heads: list[int] = []
+    states: list[dict[str, Any]] = []
+    free_prev = isinstance(prev, list) and prev is not ref
+    for i, hw in enumerate(layers):
+        old = prev[i] if isinstance(prev, list) and i < len(prev) else None
+        old_ref = ref[i] if isinstance(ref, list) and i < len(ref) else None
+        res = layer_pass(
+            hw,
+            track=track,
+            prev=old,
+            ref=old_ref,
+            is_reference=is_reference,
+            store_device=store_device,
+            vectors=vectors,
+        )
+        if free_prev and i < len(prev):
+            prev[i] = None  # type: ignore[call-overload]  # the old layer's copy can go now
+        n_heads.append(hw.n_heads)
+        for c in CIRCUITS:
+            spectra[c].append(res.spectra[c])
+            for which, pair in res.blocks.get(c, {}).items():
+                blocks[c].setdefault(which, []).append(pair)
+            if vectors:
+                svd[c].append(res.svd[c])
+        if res.state is not None:
+            states.append(res.state)
+    if not n_heads:
+        return HeadPass({}, [], [], {}, None, {})
+    ranks = [int(s.shape[-1]) for s in spectra["QK"]]
+    r_max = max(max(int(s.shape[-1]) for s in spectra[c]) for c in CIRCUITS)
+    out_blocks: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+    for c in CIRCUITS:
+        for which, pairs in blocks[c].items():
+            if len(pairs) != len(n_heads):
+                continue  # some layer had no earlier state (shape changed): skip this look
+            b_U = _pad_stack([p[0] for p in pairs], n_heads, r_max, math.nan)
+            b_V = _pad_stack([p[1] for p in pairs], n_heads, r_max, math.nan)
+            out_blocks.setdefault(c, {})[which] = (b_U, b_V)
+    stacked_svd = {}
+    if vectors:
+        for c in CIRCUITS:
+            shapes = {tuple(u.shape) for u, _, _ in svd[c]}
+            if len(shapes) == 1:
+                stacked_svd[c] = tuple(torch.stack(t) for t in zip(*svd[c], strict=True))
+    return HeadPass(
+        spectra={c: _pad_stack(spectra[c], n_heads, r_max, 0.0) for c in CIRCUITS},
+        n_heads=n_heads,
+        ranks=ranks,
+        blocks=out_blocks,
+        state=states if track else None,
+        svd=stacked_svd,
+    )
+
+
+def drift_from_blocks(b_U: Tensor, b_V: Tensor, k: int, ranks: list[int]) -> Tensor:
+    """Subspace distance of the top-k bases, ``[L, H]``: the mean over the read (U) and write (V)
+    sides of ``√((k − ‖U₀ᵀU‖²_F)/k)`` for k-column orthonormal bases (docs/metrics.md), with
+    ``k`` capped at each layer's rank ``ranks[l]``."""
+    k_eff = torch.tensor([min(k, r) for r in ranks], dtype=b_U.dtype, device=b_U.device)
+    idx = (k_eff.long() - 1)[:, None, None].expand(-1, b_U.shape[1], 1)  # [L, H, 1]
+
+    def side(b: Tensor) -> Tensor:
+        top = b.gather(-1, idx)[..., 0]  # [L, H]
+        return ((k_eff[:, None] - top) / k_eff[:, None]).clamp(0.0, 1.0).sqrt()
+
+    return 0.5 * (side(b_U) + side(b_V))
