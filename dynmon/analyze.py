@@ -35,6 +35,8 @@ import importlib.util
 import json
 import pickle
 import re
+import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,6 +122,7 @@ def find_checkpoints(ckpt_dir: str | Path) -> list[Checkpoint]:
 def load_state_dict(path: str | Path) -> dict[str, Tensor]:
     """A checkpoint's state dict, read without arbitrary unpickling (``weights_only=True``)."""
     path = Path(path)
+    what = f"{path} (a link to {path.resolve()})" if path.is_symlink() else str(path)
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -127,18 +130,52 @@ def load_state_dict(path: str | Path) -> dict[str, Tensor]:
             raise CheckpointError(
                 f"{path} is a .safetensors file: pip install safetensors to read it"
             ) from None
-        return load_file(str(path), device="cpu")
+        try:
+            return _unwrap_state(load_file(str(path), device="cpu"), path)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # SafetensorError, OSError...: a cut or foreign file
+            raise CheckpointError(
+                f"{what} is not a readable safetensors file ({_reason(exc)}); it may be cut short "
+                "or not a checkpoint: save it again, or move it out of CKPT_DIR"
+            ) from None
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = _reason(exc)
+        if "weights only" not in str(exc).lower() or not _torch_magic(path):  # damaged/foreign
+            raise CheckpointError(
+                f"{what} is not a readable PyTorch checkpoint ({reason}); it may be cut short, "
+                "empty or another kind of file: save it again, or move it out of CKPT_DIR"
+            ) from None
         raise CheckpointError(
             f"{path} cannot be read with torch.load(weights_only=True): {reason}. It holds Python "
             "objects other than tensors, which dynmon does not unpickle (unpickling can run "
             "code). Save only the weights, torch.save(model.state_dict(), path), or, if you "
             "trust the file, load it yourself and re-save its state_dict."
         ) from None
+    except Exception as exc:  # EOFError (empty), OSError, IndexError...: not a checkpoint
+        raise CheckpointError(
+            f"{what} is not a readable PyTorch checkpoint ({_reason(exc)}); it may be cut short, "
+            "empty or another kind of file: save it again, or move it out of CKPT_DIR"
+        ) from None
     return _unwrap_state(obj, path)
+
+
+def _torch_magic(path: Path) -> bool:
+    """Whether the file starts like ``torch.save`` output: a zip archive or a pickle."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head == b"PK" or head[:1] == b"\x80"
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message, with its type."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _is_state(obj: Any) -> bool:
@@ -320,11 +357,18 @@ def analyze(
     strict: bool = False,
     progress: bool = True,
     stream: TextIO | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Run the monitor over every checkpoint in step order into the run folder ``out``;
-    return the summary. ``model`` is ``module:factory`` (else ``CKPT_DIR/config.json``)."""
-    import dynmon
-    from dynmon.progress import Progress, latest_event
+    return the summary. ``model`` is ``module:factory`` (else ``CKPT_DIR/config.json``).
+
+    A file that cannot be read is skipped with one warning naming it and the reason, and listed
+    under ``analyze.skipped`` in ``summary.json``; the last readable file is the "final" one.
+    ``out`` must be new or empty (``overwrite`` deletes an earlier dynmon run folder there, and
+    nothing else); a fatal error leaves no partial ``out`` behind.
+    """
+    from dynmon.lock import RunFolderBusy
+    from dynmon.runfolder import prepare_output
 
     ckpts = find_checkpoints(ckpt_dir)
     build, source = model_builder(ckpt_dir, model, beside=ckpts[0].path.parent)
@@ -338,12 +382,31 @@ def analyze(
     if not isinstance(net, nn.Module):
         raise CheckpointError(f"the model factory {source!r} returned a {type(net).__name__}")
     net.eval()
+    skipped: dict[Path, dict[str, Any]] = {}
+
+    def skip(ckpt: Checkpoint, exc: CheckpointError) -> None:
+        skipped[ckpt.path] = {"step": ckpt.step, "path": str(ckpt.path), "reason": str(exc)}
+        warnings.warn(f"dynmon analyze: skipped {exc}", RuntimeWarning, 3)
+
+    final_ckpt = None
+    for ckpt in reversed(ckpts):  # the final matrices: the last checkpoint that reads
+        try:
+            final_state = load_state_dict(ckpt.path)
+        except CheckpointError as exc:
+            skip(ckpt, exc)
+            continue
+        final_ckpt = ckpt
+        break
+    if final_ckpt is None:
+        reasons = "; ".join(s["reason"] for s in list(skipped.values())[:3])
+        raise CheckpointError(f"none of the {len(ckpts)} checkpoints could be read: {reasons}")
     with torch.no_grad():
-        load_into(net, load_state_dict(ckpts[-1].path), ckpts[-1].path)
+        load_into(net, final_state, final_ckpt.path)
         final = {
             c: (A.detach().clone(), B.detach().clone())
             for c, (A, B) in head_factors(adapters.heads(net)).items()
         }
+    del final_state
     names = list(metrics or DEFAULT_METRICS)
     config = AnalyzeConfig(
         ckpt_dir=str(ckpt_dir),
@@ -352,11 +415,58 @@ def analyze(
         checkpoints=[str(c.path) for c in ckpts],
         steps=[c.step for c in ckpts],
     )
+    out = prepare_output(out, overwrite=overwrite, command="dynmon analyze")
+    try:
+        return _run_over(
+            ckpts,
+            net,
+            out,
+            names,
+            final,
+            config,
+            skipped,
+            skip,
+            final_ckpt,
+            source,
+            options=options,
+            strict=strict,
+            progress=progress,
+            stream=stream,
+        )
+    except RunFolderBusy:
+        raise  # another writer's folder: not ours to remove
+    except Exception:
+        shutil.rmtree(out, ignore_errors=True)  # new or emptied above: only our own files
+        raise
+
+
+def _run_over(
+    ckpts,
+    net,
+    out,
+    names,
+    final,
+    config,
+    skipped,
+    skip,
+    final_ckpt,
+    source,
+    *,
+    options,
+    strict,
+    progress,
+    stream,
+) -> dict[str, Any]:
+    """The monitored pass over the readable checkpoints (``analyze``'s second half)."""
+    import dynmon
+    from dynmon.progress import Progress, latest_event
+
     mon = dynmon.Monitor(
         net,
         run_dir=out,
         schedule=[c.step for c in ckpts],
-        metrics={**dict.fromkeys(names), final_distance_metric(final): None},
+        # "economy": False: exactly the metrics named (a dict naming no preset adds economy)
+        metrics={"economy": False, **dict.fromkeys(names), final_distance_metric(final): None},
         strict=strict,
         config=config,
         options=options,
@@ -364,10 +474,22 @@ def analyze(
     bar = Progress(ckpts[-1].step, "analyze", enabled=progress, stream=stream)
     with mon, bar:
         for ckpt in ckpts:
+            if ckpt.path in skipped:
+                continue
+            try:
+                state = load_state_dict(ckpt.path)
+            except CheckpointError as exc:
+                skip(ckpt, exc)
+                continue
             with torch.no_grad():
-                load_into(net, load_state_dict(ckpt.path), ckpt.path)
+                load_into(net, state, ckpt.path)
+            del state
             mon.step(ckpt.step)
             bar.update(ckpt.step, event=latest_event(mon.events))
-        summary = {"analyze": {"checkpoints": len(ckpts), "model": source}}
+        read = len(ckpts) - len(skipped)
+        info: dict[str, Any] = {"checkpoints": read, "model": source, "final": str(final_ckpt.path)}
+        if skipped:
+            info["skipped"] = sorted(skipped.values(), key=lambda s: s["step"])
+        summary = {"analyze": info}
         mon.update_summary(summary)
     return summary

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,8 +39,9 @@ def _env(name: str, value: str | None) -> Iterator[None]:
 def _cmd_run(args: argparse.Namespace) -> int:
     from dynmon.config import apply_overrides
     from dynmon.experiments import load_pack
+    from dynmon.lock import RunFolderBusy
     from dynmon.report import make_report
-    from dynmon.runfolder import new_run_dir
+    from dynmon.runfolder import UnsafeOutput, new_run_dir, prepare_output
 
     pack = load_pack(args.pack)
     preset = args.preset or pack.DEFAULT_PRESET
@@ -58,13 +58,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise SystemExit(f"dynmon run {args.pack}: {exc}") from None
     out = Path(args.out) if args.out else new_run_dir(Path("runs"), prefix=f"{args.pack}-{preset}")
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:  # appending would mix two runs in one metrics.jsonl
-            raise SystemExit(
-                f"dynmon run {args.pack}: {out} already holds a run; choose another --out, or "
-                "pass --overwrite to delete it and start again"
-            )
-        shutil.rmtree(out)
+    try:  # a used folder is refused; --overwrite deletes only a dynmon run folder nobody writes
+        prepare_output(out, overwrite=args.overwrite, command=f"dynmon run {args.pack}")
+    except UnsafeOutput as exc:
+        raise SystemExit(str(exc)) from None
     print(f"dynmon: running {args.pack} preset {preset!r} into {out}", flush=True)
     group = None
     if args.wandb:  # wandb.init reads WANDB_RUN_GROUP; an explicit --group or env var wins
@@ -75,7 +72,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         )
         print(f"dynmon: W&B group {group!r}", flush=True)
     with _env("WANDB_RUN_GROUP", group):
-        summary = pack.run(config, out, wandb=args.wandb)
+        try:
+            summary = pack.run(config, out, wandb=args.wandb)
+        except RunFolderBusy as exc:  # another process started writing --out meanwhile
+            raise SystemExit(f"dynmon run {args.pack}: {exc}") from None
     index = make_report(out)
     headline = {k: v for k, v in (summary or {}).items() if not isinstance(v, (dict, list))}
     print(json.dumps(headline, indent=2, default=str))
@@ -99,6 +99,12 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from dynmon.report import make_report
 
     out = getattr(args, "out", None)
+    target = Path(out) if out is not None else Path(args.run_dir)
+    if out is None and target.is_dir() and not os.access(target, os.W_OK):
+        raise SystemExit(
+            f"dynmon report: {target} is read-only, so the report cannot be written into it; "
+            "pass --out DIR to write it elsewhere"
+        )
     try:
         if args.watch:
             from dynmon.page import watch
@@ -118,6 +124,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
             index = make_report(Path(args.run_dir), out, png=args.png)
     except FileNotFoundError as exc:
         raise SystemExit(f"dynmon report: {exc}") from None
+    except OSError as exc:  # read-only file system, permissions, a full disk
+        hint = (
+            "choose another --out DIR"
+            if out is not None
+            else "pass --out DIR to write it elsewhere"
+        )
+        raise SystemExit(
+            f"dynmon report: cannot write the report into {target}: {exc}; {hint}"
+        ) from None
     print(f"dynmon: report at {index}")
     return 0
 
@@ -135,19 +150,25 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from dynmon.analyze import analyze
+    from dynmon.lock import RunFolderBusy
     from dynmon.report import make_report
+    from dynmon.runfolder import UnsafeOutput
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     out = Path(args.out)
     print(f"dynmon: analyzing the checkpoints in {args.ckpt_dir} into {out}", flush=True)
-    analyze(
-        args.ckpt_dir,
-        out,
-        model=args.model,
-        metrics=metrics,
-        strict=args.strict,
-        progress=args.progress,
-    )
+    try:
+        analyze(
+            args.ckpt_dir,
+            out,
+            model=args.model,
+            metrics=metrics,
+            strict=args.strict,
+            progress=args.progress,
+            overwrite=args.overwrite,
+        )
+    except (UnsafeOutput, RunFolderBusy) as exc:
+        raise SystemExit(str(exc)) from None
     if args.report:
         print(f"dynmon: report at {make_report(out)}")
     return 0
@@ -192,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default: runs/<pack>-<preset>-<time>)")
     run.add_argument("--wandb", action="store_true", help="also log to Weights & Biases")
     run.add_argument(
-        "--overwrite", action="store_true", help="delete what --out holds instead of refusing"
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier dynmon run in --out first (never a folder dynmon did not write)",
     )
     run.add_argument(
         "--group", help="W&B group (default: pack-preset-overrides, the same for every seed)"
@@ -205,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="draw the plots and index.html of a run folder")
     report.add_argument("run_dir")
+    report.add_argument(
+        "--out", help="folder for index.html and plots/ (default: RUN_DIR; needed if read-only)"
+    )
     report.add_argument(
         "--png",
         action=argparse.BooleanOptionalAction,
@@ -249,6 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
         "stable_rank, subspace_dist, norms)",
     )
     analyze.add_argument("--strict", action="store_true", help="raise when a metric fails")
+    analyze.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier dynmon run in --out first (never a folder dynmon did not write)",
+    )
     analyze.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar or lines"
     )

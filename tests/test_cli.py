@@ -19,8 +19,9 @@ def _run(out, *extra: str) -> int:
 def test_a_used_run_folder_is_refused_and_kept(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
+    (out / "config.json").write_text('{"dynmon": {"run_dir": "run"}}')  # a dynmon run
     (out / "metrics.jsonl").write_text('{"step": 0, "loss": 1.0}\n')
-    with pytest.raises(SystemExit, match="already holds a run.*--overwrite"):
+    with pytest.raises(SystemExit, match="already holds a dynmon run.*--overwrite"):
         _run(out)
     assert (out / "metrics.jsonl").read_text() == '{"step": 0, "loss": 1.0}\n'  # untouched
 
