@@ -431,7 +431,7 @@ def test_matmat_against_dense_hessian_columns():
     model, tokens = _tiny_lm()
     names = [n for n, _ in model.named_parameters()]
     H = dense_hessian(model, lm_loss, tokens, names)
-    op = HessianOperator(model, lm_loss, tokens)
+    op = HessianOperator(model, lm_loss, tokens, batched=True)
     V = torch.randn(op.shape[0], 6, generator=torch.Generator().manual_seed(2), dtype=F64)
     torch.testing.assert_close(op.matmat(V), H @ V, rtol=1e-9, atol=1e-10)
     block = op.restrict("unembed")
@@ -449,7 +449,7 @@ def _offsets(op: HessianOperator, names: list[str]) -> list[tuple[int, int]]:
 
 def test_matmat_falls_back_to_matvecs_when_batching_fails(monkeypatch):
     model, tokens = _tiny_lm()
-    op = HessianOperator(model, lm_loss, tokens)
+    op = HessianOperator(model, lm_loss, tokens, batched=True)
     V = torch.randn(op.shape[0], 3, generator=torch.Generator().manual_seed(3), dtype=F64)
     want = torch.stack([op.matvec(v) for v in V.T], 1)
     real = torch.autograd.grad
@@ -468,10 +468,11 @@ def test_matmat_falls_back_to_matvecs_when_batching_fails(monkeypatch):
 
 def test_batched_trace_and_density_match_the_per_vector_loop():
     model, batch = _mlp()
-    loop = dict(block_size=1)
+    loop = dict(block_size=1, batched=False)
     t1 = hessian_trace(model, mlp_loss, batch, num_probes=24, **loop)
-    t2 = hessian_trace(model, mlp_loss, batch, num_probes=24, block_size=8)
+    t2 = hessian_trace(model, mlp_loss, batch, num_probes=24, block_size=8, batched=True)
     torch.testing.assert_close(t2, t1, rtol=1e-9, atol=1e-12)
     d1 = hessian_density(model, mlp_loss, batch, num_probes=3, num_steps=15, **loop)
-    d2 = hessian_density(model, mlp_loss, batch, num_probes=3, num_steps=15)
+    d2 = hessian_density(model, mlp_loss, batch, num_probes=3, num_steps=15, batched=True)
     torch.testing.assert_close(d2, d1, rtol=1e-7, atol=1e-9)
+    assert not HessianOperator(model, mlp_loss, batch)._batched  # CPU default: the loop

@@ -180,6 +180,8 @@ class HessianOperator:
     alive until the operator is dropped; each ``matvec`` is one double-backward pass.
     ``dropout=False`` evaluates in eval mode; ``True`` in train mode with the dropout masks
     drawn once from ``generator`` (fixed across matvecs, so the operator stays linear).
+    ``matmat`` applies a block of vectors in one vmapped double backward when ``batched``
+    (default: on CUDA, where single products are launch-bound), else one ``matvec`` each.
     """
 
     def __init__(
@@ -191,6 +193,7 @@ class HessianOperator:
         *,
         dropout: bool = False,
         generator: torch.Generator | None = None,
+        batched: bool | None = None,
     ) -> None:
         root = unwrap(model)
         selected = select_params(root, params)
@@ -218,6 +221,9 @@ class HessianOperator:
             root, [n for (n, _), _ in pairs], [p for (_, p), _ in pairs], [gr for _, gr in pairs]
         )
         self._bind(graph, graph.names)
+        # batched products pay off where one product is launch-bound (GPU); on CPU the vmapped
+        # double backward measured 0.35-1.1x the per-vector loop (benchmarks/bench_peers.py)
+        self._batched = self.device.type == "cuda" if batched is None else bool(batched)
 
     def _bind(self, graph: _Graph, names: list[str]) -> None:
         """Point this operator at the parameters ``names`` of a built graph."""
@@ -231,7 +237,6 @@ class HessianOperator:
         self.shape = (n, n)
         self.dtype = functools.reduce(torch.promote_types, (p.dtype for p in self.params))
         self.device = self.params[0].device
-        self._batched = getattr(self, "_batched", True)
 
     def restrict(self, params: ParamSpec) -> HessianOperator:
         """The diagonal block ``H_BB`` over a subset ``B`` of these parameters (same graph)."""
@@ -281,9 +286,10 @@ class HessianOperator:
         )
 
     def matmat(self, V: Tensor) -> Tensor:
-        """``H V`` for a block of vectors, the columns of ``V`` ``[n, b]``, in one batched
-        double-backward pass (autograd's vmap over the cotangents). Where an op has no batching
-        rule it warns once and falls back to one ``matvec`` per column for this operator."""
+        """``H V`` for a block of vectors, the columns of ``V`` ``[n, b]``: one batched
+        double-backward pass (autograd's vmap over the cotangents) when the operator is
+        ``batched``, else one ``matvec`` per column. Where an op has no batching rule it warns
+        once and falls back to the loop for this operator."""
         n = self.shape[0]
         if V.dim() != 2 or V.shape[0] != n:
             raise ValueError(f"expected a block of shape ({n}, b), got {tuple(V.shape)}")
@@ -396,17 +402,21 @@ def hessian_trace(
     generator: torch.Generator | None = None,
     dropout: bool = False,
     block_size: int | None = 16,
+    batched: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Trace of the loss Hessian on ``batch`` and the standard error of the estimate.
 
     ``num_probes`` is the number of Hessian-vector products for either method (Hutch++ spends
-    two thirds of them on a low-rank sketch), applied ``block_size`` at a time by one batched
-    double-backward pass (1: one at a time). Two 0-D float64 tensors.
+    two thirds of them on a low-rank sketch), in blocks of ``block_size``, each one batched
+    double-backward pass when ``batched`` (default: on CUDA; see ``HessianOperator``). Two
+    0-D float64 tensors.
     """
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
     g = _private_generator(seed, generator)
-    op = HessianOperator(model, loss_fn, batch, params, dropout=dropout, generator=g)
+    op = HessianOperator(
+        model, loss_fn, batch, params, dropout=dropout, generator=g, batched=batched
+    )
     if method == "hutch++":
         return hutchpp_trace(op, num_probes, generator=g, block_size=block_size)
     return hutchinson_trace(op, num_probes, generator=g, block_size=block_size)
@@ -424,15 +434,19 @@ def hessian_density(
     generator: torch.Generator | None = None,
     dropout: bool = False,
     block_size: int | None = None,
+    batched: bool | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Hessian spectral density by stochastic Lanczos quadrature: ``(nodes, weights)``.
 
     Smooth it onto a grid with ``dynmon.linalg.gaussian_density``. Costs
     ``num_probes · num_steps`` Hessian-vector products; the probes' Lanczos runs advance
-    together, ``block_size`` of them (``None``: all) per batched product.
+    together, ``block_size`` of them (``None``: all) per block of products (one batched pass
+    when ``batched``, default on CUDA).
     """
     g = _private_generator(seed, generator)
-    op = HessianOperator(model, loss_fn, batch, params, dropout=dropout, generator=g)
+    op = HessianOperator(
+        model, loss_fn, batch, params, dropout=dropout, generator=g, batched=batched
+    )
     return slq_density(op, num_probes, num_steps, generator=g, block_size=block_size)
 
 
@@ -449,6 +463,7 @@ def _operator(ctx: LookContext) -> tuple[HessianOperator, torch.Generator]:
         )
     g = ctx.generator if ctx.generator is not None else torch.Generator().manual_seed(0)
     dropout = bool(ctx.options.get("dropout", False))
+    batched = ctx.options.get("hvp_batched")
     op = HessianOperator(
         ctx.model,
         ctx.loss_fn,
@@ -456,6 +471,7 @@ def _operator(ctx: LookContext) -> tuple[HessianOperator, torch.Generator]:
         ctx.options.get("params"),
         dropout=dropout,
         generator=g,
+        batched=None if batched is None else bool(batched),
     )
     return op, g
 
@@ -552,7 +568,7 @@ HESSIAN_TRACE = MetricSpec(
     doc=(
         "trace of the probe-batch loss Hessian and its standard error (dynmon/hessian_trace,"
         " dynmon/hessian_trace_stderr; options num_probes (default 32 Hessian-vector products),"
-        " trace_method 'hutchinson' or 'hutch++', hvp_block (Hessian-vector products per batched"
-        " pass, default 16; 1: one at a time), params, dropout)"
+        " trace_method 'hutchinson' or 'hutch++', hvp_block (probes per block, default 16),"
+        " hvp_batched (one vmapped pass per block; default on CUDA only), params, dropout)"
     ),
 )
