@@ -95,6 +95,13 @@ class RunFolderSink:
         """Queue ``data`` for ``name`` (dropped and counted if the backlog is full), then drain."""
         if self._closed:
             raise RuntimeError(f"RunFolderSink({self.run_dir}) is closed")
+        if not self._backlog and not self._pending:  # the usual case: straight to the OS
+            try:
+                data = data[os.write(self._open(name), data) :]
+            except OSError:
+                pass  # nothing written: the backlog below takes it and reports the stall
+            if not data:
+                return
         if self._backlog and self._backlog_bytes + len(data) > self.max_backlog_bytes:
             self._drain()  # space may be back
             if self._backlog and self._backlog_bytes + len(data) > self.max_backlog_bytes:
