@@ -106,11 +106,11 @@ def _as_float(name: str, v: Any) -> float:
         return float(v)
     except OverflowError:
         warnings.warn(
-            f"dynmon: scalar {name!r} = {v!r:.40} overflows a float; logged as infinite",
+            f"dynmon: scalar {name!r} = {str(v)[:20]}... overflows a float; logged as infinite",
             RuntimeWarning,
             4,
         )
-        return math.copysign(math.inf, v)
+        return math.inf if v > 0 else -math.inf
 
 
 def _to_host(t: Tensor) -> Tensor:
@@ -240,11 +240,14 @@ def _check_args(
         raise TypeError(f"strict must be True or False, got {strict!r}")
     if options is not None and not isinstance(options, Mapping):
         raise TypeError(f"options must be a dict of metric options, got {options!r}")
-    for name, value in [("seed", seed), ("reference_step", reference_step)]:
-        if value is not None and (not isinstance(value, (int, np.integer)) or value is True):
-            raise TypeError(f"{name} must be an int, got {value!r}")
-    if seed is None:
-        raise TypeError("seed must be an int, got None")
+
+    def whole(v: Any) -> bool:
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not whole(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if reference_step is not None and not whole(reference_step):
+        raise TypeError(f"reference_step must be an int step (or None), got {reference_step!r}")
     opts = dict(options or {})
     timeout = opts.get("metric_timeout_s")
     if timeout is not None and (

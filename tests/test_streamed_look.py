@@ -155,12 +155,145 @@ def test_head_pass_pads_missing_heads_with_nan():
     assert res.spectra["QK"][0, 2].isnan().all() and res.spectra["QK"][1].isfinite().all()
 
 
-@pytest.mark.parametrize("shape", [(300, 40), (40, 300), (64, 64)])
-def test_gram_weight_spectra_rank_measures_match_svdvals(shape):
-    """erank and stable rank from the small Gram side equal svdvals' within 1e-4 relative."""
+@pytest.mark.parametrize(
+    "shape,rank", [((300, 40), 40), ((40, 300), 40), ((64, 64), 64), ((3000, 200), 60)]
+)
+def test_gram_weight_spectra_rank_measures_match_svdvals(shape, rank):
+    """erank and stable rank from the small Gram side equal svdvals' within 1e-4 relative,
+    also for a rank-deficient tall matrix (whose zero singular values the Gram rounds up)."""
     torch.manual_seed(2)
-    W = torch.randn(*shape) @ torch.diag(torch.logspace(0, -2, shape[1]))
+    W = torch.randn(shape[0], rank) @ torch.randn(rank, shape[1]) / rank
+    W = W @ torch.diag(torch.logspace(0, -1.5, shape[1]))
     s_ref = torch.linalg.svdvals(W.double())
     s = gram_eigvals_svdvals(W)
     for fn in (spectral.erank, spectral.stable_rank):
         assert float(fn(s)) == pytest.approx(float(fn(s_ref)), rel=1e-4)
+
+
+def _small_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+        nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+    )
+
+
+def test_no_host_transfer_between_looks(monkeypatch, tmp_path):
+    """Tensor losses wait on their device; a look (or a flush) makes exactly one transfer."""
+    from dynmon import monitor as monitor_mod
+
+    calls: list[int] = []
+    real = monitor_mod._to_host
+    monkeypatch.setattr(monitor_mod, "_to_host", lambda t: calls.append(t.numel()) or real(t))
+    mon = dynmon.Monitor(
+        _small_model(), run_dir=tmp_path, schedule=dynmon.every(10), options={"flush_every": 7}
+    )
+    per_step = []
+    for step in range(26):
+        before = len(calls)
+        mon.step(step, loss=torch.tensor(1.0 / (step + 1)), acc=torch.tensor(step / 30))
+        per_step.append(len(calls) - before)
+    mon.close()
+    # looks at 0, 10, 20; flushes when 7 rows wait: after 1..7 (step 7), 11..17 (step 17)
+    assert [s for s, n in enumerate(per_step) if n] == [0, 7, 10, 17, 20]
+    assert max(per_step) == 1
+    run = dynmon.load_run(tmp_path)
+    steps, loss = run.series("loss")
+    assert list(steps) == list(range(26))
+    np_loss = torch.tensor(loss)
+    torch.testing.assert_close(np_loss, 1.0 / torch.arange(1, 27, dtype=torch.float64))
+
+
+def test_float_scalars_are_written_at_once(tmp_path):
+    """Rows of plain Python numbers need no transfer, so they are written on the same call."""
+    mon = dynmon.Monitor(_small_model(), run_dir=tmp_path, schedule=dynmon.every(100))
+    for step in range(5):
+        mon.step(step, loss=float(step))
+    assert list(dynmon.load_run(tmp_path).series("loss")[0]) == [0, 1, 2, 3, 4]
+    mon.close()
+
+
+def test_huge_python_loss_is_logged_as_infinite(tmp_path):
+    mon = dynmon.Monitor(_small_model(), run_dir=tmp_path, schedule=dynmon.every(100))
+    with pytest.warns(RuntimeWarning, match="overflows a float"):
+        mon.step(0, loss=10**400)
+    mon.step(1, loss=-(10**400))
+    mon.close()
+    assert list(dynmon.load_run(tmp_path).series("loss")[1]) == [math.inf, -math.inf]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_steps_between_looks_never_sync(tmp_path):
+    model = _small_model().cuda()
+    mon = dynmon.Monitor(model, run_dir=tmp_path, schedule=dynmon.every(50))
+    mon.step(0, loss=torch.tensor(1.0, device="cuda"))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 20):
+            mon.step(step, loss=torch.tensor(1.0 / step, device="cuda"))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    mon.close()
+    assert len(dynmon.load_run(tmp_path).series("loss")[0]) == 20
+
+
+def _state_bytes(obj) -> int:
+    """Bytes of every tensor reachable through dicts, lists and tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_state_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_state_bytes(v) for v in obj)
+    return 0
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+
+def test_memory_is_flat_over_looks(tmp_path):
+    """The drift state is a copy of the factors per kept look (previous and reference), in the
+    weights' dtype, and neither it nor the process grows from look to look."""
+    model = _small_model()
+    heads = dynmon.heads(model)
+    attn_bytes = sum(
+        t.nbytes for h in heads for t in (h.W_Q, h.W_K, h.W_V, h.W_O)
+    )  # the attention weights
+    mon = dynmon.Monitor(model, run_dir=tmp_path, schedule=lambda s: True, sinks=[])
+    sizes, rss = [], []
+    for step in range(14):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1.001)
+        mon.step(step, loss=torch.tensor(1.0))
+        state = mon.state_dict()
+        sizes.append(_state_bytes(state["snapshots"]) + _state_bytes(state["references"]))
+        rss.append(_rss())
+    prev, ref = state["snapshots"]["subspace_dist"], state["references"]["subspace_dist"]
+    mon.close()
+    assert len(set(sizes[2:])) == 1  # flat after the second look
+    copies = sum(_state_bytes(layer["F"]) for layer in prev + ref)
+    assert copies == 2 * attn_bytes  # the previous and the reference look's factors, once each
+    dh = heads[0].d_head
+    small = 2 * len(heads) * heads[0].n_heads * (12 * dh * dh * 8 + 2)  # G, C, X + ok flags
+    assert sizes[-1] - copies <= small
+    assert rss[-1] - rss[3] < 0.05 * rss[3]
+
+
+def test_snapshot_device_and_dtype(tmp_path):
+    model = _small_model().to(torch.bfloat16)
+    mon = dynmon.Monitor(
+        model, sinks=[], schedule=lambda s: True, strict=True, options={"snapshot_device": "meta"}
+    )
+    mon.step(0)
+    with pytest.raises(dynmon.monitor.MetricError):  # meta copies cannot be read back: the
+        mon.step(1)  # option decides where the snapshot lives
+    mon = dynmon.Monitor(
+        model, sinks=[], schedule=lambda s: True, options={"snapshot_device": "cpu"}
+    )
+    mon.step(0)
+    state = mon.state_dict()["snapshots"]["subspace_dist"]
+    assert all(F.dtype == torch.bfloat16 for layer in state for F in layer["F"].values())
+    mon.close()

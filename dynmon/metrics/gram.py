@@ -126,4 +126,9 @@ def gram_eigvals_svdvals(W: Tensor) -> Tensor:
     W = W.to(working_dtype(W))
     small = W.mT @ W if m >= n else W @ W.mT  # [..., min, min]
     lam = torch.linalg.eigvalsh(small.to(torch.float64))  # ascending
-    return lam.clamp_min(0).sqrt().flip(-1)
+    # rounding the Gram product spreads a zero eigenvalue over ±eps·λmax; the most negative one
+    # shows how far, so eigenvalues within twice that are taken for zero (a full-rank Gram
+    # keeps all of them: its smallest eigenvalue is positive)
+    floor = 2.0 * (-lam[..., :1]).clamp_min(0)
+    lam = torch.where(lam > floor, lam, torch.zeros((), dtype=lam.dtype, device=lam.device))
+    return lam.sqrt().flip(-1)

@@ -19,10 +19,11 @@ import warnings
 import torch
 from torch import Tensor
 
-from dynmon.metrics.gram import factor_from_gram
+from dynmon.metrics.gram import factor_from_gram, gram_eigvals_svdvals
 
 __all__ = [
     "svdvals",
+    "gram_svdvals",
     "circuit_svdvals",
     "qk_svdvals",
     "ov_svdvals",
@@ -149,6 +150,18 @@ def svdvals(M: Tensor) -> Tensor:
     s, bad = _svdvals(M)
     _warn_nonfinite(bad, "svdvals")
     return s
+
+
+def gram_svdvals(M: Tensor) -> Tensor:
+    """Singular values ``[..., m, n] -> [..., min(m, n)]`` from the eigenvalues of the small Gram
+    side (float64 eigenvalues of a working-precision product): 2-3x faster than ``svdvals``
+    on tall weights, with erank and stable rank equal to 1e-4 (``gram.gram_eigvals_svdvals``).
+    NaN for non-finite input, as ``svdvals``."""
+    M = _upcast(M)
+    bad = _nonfinite(M)
+    s = gram_eigvals_svdvals(_zero_bad(M, bad))
+    _warn_nonfinite(bad, "gram_svdvals")
+    return _nan_bad(s, bad, 1)
 
 
 def circuit_svdvals(A: Tensor, B: Tensor) -> Tensor:

@@ -68,7 +68,7 @@ def _weight_spectra(ctx: LookContext) -> Output:
     """Effective and stable rank of every 2-D weight (embeddings included)."""
     out = Output()
     for name, w in ctx.weights.items():
-        s = spectral.svdvals(w)
+        s = spectral.gram_svdvals(w)  # the small Gram side: docs/metrics.md#weight_erank
         out.scalars[key("erank", name)] = spectral.erank(s)
         out.scalars[key("stable_rank", name)] = spectral.stable_rank(s)
     return out
