@@ -327,7 +327,8 @@ def is_run_folder(path: str | Path) -> bool:
 
 def removal_refusal(path: str | Path) -> str | None:
     """Why ``--overwrite`` must not delete ``path`` (None: it is a dynmon run folder nobody is
-    writing, and not the current directory, one of its parents, the home folder or ``/``)."""
+    writing, and not the current directory, one of its parents, the home folder, ``/`` or a
+    git repository)."""
     from dynmon.lock import holder, is_locked
 
     path = Path(path)
@@ -344,6 +345,8 @@ def removal_refusal(path: str | Path) -> str | None:
     home = Path.home().resolve()
     if real == home or real in home.parents:
         return f"{path} is your home folder or one of its parents"
+    if (real / ".git").exists():
+        return f"{path} is a git repository"
     if not is_run_folder(real):
         return (
             f"{path} is not a dynmon run folder (no {CONFIG} with a dynmon section and no lock "

@@ -126,6 +126,8 @@ def test_overwrite_refuses_the_current_directory_and_its_parents(tmp_path):
         assert _tree(tmp_path) == before
     assert "file system root" in removal_refusal("/")
     assert "home folder" in removal_refusal(Path.home())
+    (run / ".git").mkdir()  # a run folder that is also a repository: not deleted either
+    assert "git repository" in removal_refusal(run)
 
 
 def test_overwrite_replaces_a_finished_dynmon_run(tmp_path):
