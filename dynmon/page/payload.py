@@ -264,7 +264,7 @@ def metric_options(refs: dict[str, dict[str, str]]) -> dict[str, list[dict[str, 
     )
     for circuit, r in refs.items():
         dash = CIRCUIT_DASH.get(circuit, "dot")
-        for layer in layers:
+        for layer in layers if len(layers) > 1 or "mean" not in r else ():  # 1 layer: its mean
             if f"L{layer}" in r:
                 color = PALETTE[layer % len(PALETTE)]
                 options["layer means"].append(
