@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dynmon.adapters.base import HeadWeights
-from dynmon.adapters.discover import heads
+from dynmon.adapters.discover import NoAttentionFound, heads
 from dynmon.adapters.embeddings import context_length, embed_unembed, vocab_size
 from dynmon.adapters.patterns import forward_with_patterns, logits_of
 from dynmon.keys import head_scalars, key
@@ -138,12 +138,17 @@ def compute(ctx: LookContext) -> Output:
     """One ``head_roles`` look (see the module docstring)."""
     opts = ctx.options
     probe = _probe(ctx)
+    patterns_fn = opts.get("roles_patterns")
+    hw = ctx.heads  # the Monitor gathers them; a bare LookContext may not
+    if not hw:
+        try:
+            hw = heads(ctx.model)
+        except NoAttentionFound:
+            if patterns_fn is None:
+                raise
+            hw = []  # the user's patterns need no heads; the copying score does
     s = role_scores(
-        ctx.model,
-        probe,
-        ctx.heads or heads(ctx.model),  # the Monitor gathers them; a bare LookContext may not
-        forward=opts.get("roles_forward"),
-        patterns_fn=opts.get("roles_patterns"),
+        ctx.model, probe, hw, forward=opts.get("roles_forward"), patterns_fn=patterns_fn
     )
     snap = dict(ctx.snapshot or {})
     if opts.get("roles_probe") is None:
