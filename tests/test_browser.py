@@ -207,3 +207,32 @@ def test_linear_icl_page_shows_the_packs_own_figure(browser, tmp_path):
         assert errors == [] and browser.blocked == []
     finally:
         page.close()
+
+
+def test_watched_page_reloads_with_new_steps_and_keeps_the_choice(browser, tmp_path):
+    from dynmon.page import RunTail, write_run_page
+    from dynmon.sinks.local import RunFolderSink
+
+    run = write_run(tmp_path / "run", steps=50)
+    tail = RunTail(run)
+    tail.update()
+    index = write_run_page(run, tail=tail, refresh=2)  # what `report --watch` writes
+    page, errors = open_page(browser, index)
+    try:
+        page.select_option("#metric-erank select", "L1.H0")
+        sink = RunFolderSink(run)  # the run goes on: steps 50..59
+        for s in range(50, 60):
+            sink.write(s, {"loss": 0.5}, {})
+        sink.close()
+        tail.update()
+        with page.expect_navigation(timeout=15_000):  # the page reloads itself
+            write_run_page(run, tail=tail, refresh=2)
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        last = page.eval_on_selector(
+            "#curves .js-plotly-plot", "gd => Math.max(...gd.data.find(t => t.name === 'loss').x)"
+        )
+        assert last == 59
+        assert page.eval_on_selector("#metric-erank select", "s => s.value") == "L1.H0"
+        assert errors == []
+    finally:
+        page.close()

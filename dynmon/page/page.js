@@ -14,6 +14,14 @@
     return e;
   }
 
+  /* Choices survive the reloads of `--watch` (kept per tab, per page). */
+  function remember(key, value) {
+    try { sessionStorage.setItem("dynmon:" + location.pathname + ":" + key, value); } catch (e) { /* private mode */ }
+  }
+  function recall(key) {
+    try { return sessionStorage.getItem("dynmon:" + location.pathname + ":" + key); } catch (e) { return null; }
+  }
+
   function rgba(hex, alpha) {
     var n = parseInt(hex.slice(1), 16);
     return "rgba(" + (n >> 16) + "," + ((n >> 8) & 255) + "," + (n & 255) + "," + alpha + ")";
@@ -104,10 +112,12 @@
     if (p.options.length > 1) {
       select = el("select");
       select.setAttribute("aria-label", p.title + ": what to show");
+      var chosen = recall(p.id);
+      if (p.options.indexOf(chosen) < 0) chosen = p.default;
       p.options.forEach(function (o) {
         var opt = el("option", "", o);
         opt.value = o;
-        if (o === p.default) opt.selected = true;
+        if (o === chosen) opt.selected = true;
         select.appendChild(opt);
       });
       bar.appendChild(el("label", "", "show "));
@@ -135,7 +145,7 @@
       };
       return Plotly.react(plot, data.concat(ev.traces), layout, CONFIG);
     }
-    if (select) select.addEventListener("change", render);
+    if (select) select.addEventListener("change", function () { remember(p.id, select.value); render(); });
     return render().then(function () {
       timePlots.push(plot);
       plot.on("plotly_relayout", function (u) { syncX(plot, u); });
@@ -148,7 +158,10 @@
     var n = h.steps.length;
     var bar = el("div", "bar");
     var slider = el("input");
-    slider.type = "range"; slider.min = 0; slider.max = n - 1; slider.value = n - 1; slider.step = 1;
+    var start = Number(recall(h.id + ":step"));
+    var at = h.steps.indexOf(start);  // the same step after a reload, else the last look
+    if (recall(h.id + ":step") === null || at < 0) at = n - 1;
+    slider.type = "range"; slider.min = 0; slider.max = n - 1; slider.value = at; slider.step = 1;
     slider.setAttribute("aria-label", h.title + ": step");
     var label = el("span", "step");
     bar.appendChild(el("strong", "", h.title + " "));
@@ -167,7 +180,7 @@
       label.textContent = "step " + h.steps[i] + " (" + (i + 1) + "/" + n + ")";
       box.dataset.frame = String(i);
     }
-    show(n - 1);
+    show(at);
     h.circuits.forEach(function (c) {  // every box in the row first, so each plot gets its width
       divs[c] = el("div", "plot");
       divs[c].dataset.circuit = c;
@@ -175,7 +188,7 @@
     });
     var jobs = h.circuits.map(function (c) {
       return Plotly.newPlot(divs[c], [{
-        type: "heatmap", z: h.z[c][n - 1], x: heads, y: layers, zmin: h.zmin, zmax: h.zmax,
+        type: "heatmap", z: h.z[c][at], x: heads, y: layers, zmin: h.zmin, zmax: h.zmax,
         colorscale: h.colorscale, colorbar: { thickness: 10 },
         hovertemplate: "%{y}.%{x} " + c + ": %{z:.4g}<extra></extra>"
       }], {
@@ -186,6 +199,7 @@
     slider.addEventListener("input", function () {
       var i = Number(slider.value);
       show(i);
+      remember(h.id + ":step", String(h.steps[i]));
       h.circuits.forEach(function (c) { Plotly.restyle(divs[c], { z: [h.z[c][i]] }); });
     });
     return Promise.all(jobs);
