@@ -218,3 +218,18 @@ def test_watch_rejects_a_bad_interval(tmp_path):
     write_run(tmp_path / "run", steps=5)
     with pytest.raises(ValueError, match="interval"):
         watch(tmp_path / "run", interval=0)
+
+
+def test_compare_bands_from_arrays_only_runs(tmp_path):
+    """Runs that logged per-head arrays but no per-head keys: the seed band of a layer mean is
+    computed from the arrays."""
+    runs = [write_run(tmp_path / f"s{i}", steps=60, seed=i, head_keys=False) for i in range(3)]
+    payload = embedded(write_compare_page(runs, tmp_path / "cmp"))
+    erank = next(p for p in payload["panels"] if p["id"] == "compare-erank")
+    band = next(line for line in erank["lines"]["L1"] if line.get("band") and "QK" in line["name"])
+    layer_means = np.stack(
+        [load_run(r).array_series("dynmon/erank/QK")[1][:, 1, :].mean(axis=1) for r in runs]
+    )
+    _, lo, hi = stored(payload, band["ref"])
+    np.testing.assert_allclose(lo, layer_means.min(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(hi, layer_means.max(axis=0), rtol=1e-5)

@@ -52,11 +52,9 @@ def run_page(
     to ``out``; ``failed``: figures that could not be drawn; ``refresh``: reload period (s)."""
     payload = run_payload(tail)
     rng = tail.step_range
-    n_steps = len(tail.series(tail.keys()[0])[0]) if tail.keys() else 0
     span = f"steps {rng[0]}–{rng[1]}" if rng else "no steps logged yet"
     subtitle = f"{html.escape(str(tail.path))} · {span} · {len(tail.events)} events"
-    if n_steps:
-        subtitle += f" · {len(tail.keys())} keys"
+    subtitle += f" · {len(tail.keys())} keys"
     if refresh:
         subtitle += f" · watching: updated {time.strftime('%H:%M:%S')}, reloads every {refresh:g} s"
     sections: list[tuple[str, str, str]] = []

@@ -18,8 +18,10 @@ from dynmon.page.payload import (
     Source,
     Store,
     event_marks,
+    head_grid,
     line,
     metric_series,
+    nanmean,
     panel,
     user_groups,
 )
@@ -201,16 +203,15 @@ def compare_payload(
     }
 
 
-def _stored_source(source: Source, key: str, metric: str, circuit: str, target: str):
-    """The full-resolution series behind a stored per-head metric ref, for seed statistics."""
-    from dynmon.page.keys import plan_keys as _plan
-    from dynmon.page.payload import head_grid, nanmean
-
+def _stored_source(
+    source: Source, key: str, metric: str, circuit: str, target: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The full-resolution series behind a stored per-head metric ref, for seed statistics:
+    the logged key when there is one, else computed from the per-head grid as the page did."""
     if key in source.keys():
         return source.series(key)
-    hm = next(
-        h for h in _plan(source.keys(), source.array_names()).head_metrics if h.metric == metric
-    )
+    plan = plan_keys(source.keys(), source.array_names())
+    hm = next(h for h in plan.head_metrics if h.metric == metric)
     steps, grid = head_grid(source, hm, circuit)
     if target == "mean":
         return steps, nanmean(grid, axis=(1, 2))
