@@ -19,6 +19,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="2 layers instead of 12")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
 
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -26,13 +27,16 @@ def main() -> None:
     layers = 2 if args.quick else 12
     cfg = GPT2Config(n_layer=layers, n_head=12, n_embd=768, n_positions=128)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(cfg)  # random weights, no hub
+    model = GPT2LMHeadModel(cfg).to(args.device)  # random weights, no hub
     model.train()
     tokens = torch.randint(0, cfg.vocab_size, (8, 128), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def train_step() -> None:
         model.zero_grad(set_to_none=True)
         model(tokens, labels=tokens).loss.backward()
+        sync()
 
     train_step()  # warm-up, and leaves .grad in place for grad_norm
     t_step = median_time(train_step, args.repeats)
@@ -42,7 +46,9 @@ def main() -> None:
         mon = dynmon.Monitor(model, sinks=[], schedule=lambda s: True, metrics=preset, strict=True)
         mon.step(0)  # warm-up look (also the reference for subspace distances)
         counter = iter(range(1, 1000))
-        results[preset] = median_time(lambda m=mon, c=counter: m.step(next(c)), args.repeats)
+        results[preset] = median_time(
+            lambda m=mon, c=counter: (m.step(next(c)), sync()), args.repeats
+        )
         mon.close()
 
     heads = dynmon.heads(model)

@@ -48,6 +48,8 @@ def timed(fn: Callable[[], torch.Tensor], repeats: int) -> tuple[list[float], to
     for _ in range(repeats):
         t0 = time.perf_counter()
         result = fn()
+        if result.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times, result
 
@@ -70,13 +72,14 @@ def main() -> None:
     parser.add_argument("--dense-repeats", type=int, default=1, help="dense timing repeats")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     layers = args.layers or (2 if args.quick else 12)
     H, D, dh = 12, 768, 64
 
-    W = gpt2_heads(layers, H, D, dh, args.seed)
+    W = tuple(w.to(args.device) for w in gpt2_heads(layers, H, D, dh, args.seed))
     n = 2 * layers * H
     print(
         f"GPT-2-small shapes: {layers} layers x {H} heads, D={D}, dh={dh}, float32, "
