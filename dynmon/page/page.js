@@ -138,7 +138,8 @@
         title: { text: p.title + (select ? " · " + opt : ""), font: { size: 14 } },
         height: 360, margin: { l: 64, r: 16, t: 40, b: 44 },
         xaxis: { title: { text: "step" }, zeroline: false },
-        yaxis: { title: { text: p.ylabel }, type: log ? "log" : "linear", range: log ? undefined : yrange || undefined },
+        yaxis: { title: { text: p.ylabel }, type: log ? "log" : "linear", range: log ? undefined : yrange || undefined,
+                 exponentformat: log ? "power" : "B" },
         yaxis2: { overlaying: "y", range: [0, 1.04], visible: false, fixedrange: true },
         shapes: ev.shapes, hovermode: "closest", showlegend: true,
         legend: { font: { size: 11 } }, uirevision: p.id
