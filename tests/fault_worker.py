@@ -77,7 +77,7 @@ def main() -> None:
         loss = lm_loss(model, tokens)
         loss.backward()
         opt.step()
-        acc = 0.1 if step < 33 else 0.9  # a jump the default detectors report
+        acc = 0.1 if step < 22 else 0.9  # a jump the default detectors report
         mon.step(step, loss=loss, **{"train/acc": acc})
         if step % 7 == 3:
             mon.log_event("probe", step, note=f"logged at {step}")
