@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import TinyLM
+from hypothesis import given
+from hypothesis import strategies as st
 from torch import nn
 
 import dynmon
@@ -28,7 +30,7 @@ from dynmon.lock import LOCK_NAME, RunFolderBusy
 from dynmon.metrics.spec import HEAD_NEEDS, MetricSpec, Output
 from dynmon.metrics.table import METRICS, PRESETS
 from dynmon.monitor import MetricError
-from dynmon.runfolder import UnsafeOutput, load_run, prepare_output, removal_refusal
+from dynmon.runfolder import UnsafeOutput, load_run, prepare_output, removal_refusal, step_of
 from dynmon.schedule import as_schedule
 from dynmon.sinks import local as local_sink
 from dynmon.sinks.local import RunFolderSink
@@ -695,6 +697,30 @@ def test_huge_and_hand_edited_steps_are_skipped_with_one_warning(tmp_path):
     assert steps.tolist() == [0, 2] and values.tolist() == [1.0, 5.0]
     run.metrics.append({"step": "xyz", "loss": 6.0})  # rows added by hand after loading
     assert run.series("loss")[0].tolist() == [0, 2]
+
+
+def _numpy_step(value) -> int | None:
+    """The independent rule: what NumPy itself accepts as an int64 step without loss."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        as64 = np.int64(value)
+    except (OverflowError, ValueError):
+        return None
+    return int(as64) if as64 == value else None
+
+
+@given(
+    st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True, width=64),
+        st.booleans(),
+        st.text(max_size=4),
+        st.none(),
+    )
+)
+def test_step_of_keeps_exactly_the_steps_numpy_holds(value):
+    assert step_of({"step": value}) == _numpy_step(value)
 
 
 def test_report_survives_huge_and_hand_edited_steps(tmp_path):
