@@ -125,10 +125,13 @@ def gram_eigvals_svdvals(W: Tensor) -> Tensor:
     m, n = W.shape[-2:]
     W = W.to(working_dtype(W))
     small = W.mT @ W if m >= n else W @ W.mT  # [..., min, min]
-    lam = torch.linalg.eigvalsh(small.to(torch.float64))  # ascending
+    small = small.to(torch.float64)
+    bad = ~torch.isfinite(small).all(dim=-1).all(dim=-1)  # [...]: NaN/Inf input (or overflow)
+    small = torch.where(bad[..., None, None], torch.zeros((), dtype=small.dtype), small)
+    lam = torch.linalg.eigvalsh(small)  # ascending
     # rounding the Gram product spreads a zero eigenvalue over ±eps·λmax; the most negative one
     # shows how far, so eigenvalues within twice that are taken for zero (a full-rank Gram
     # keeps all of them: its smallest eigenvalue is positive)
     floor = 2.0 * (-lam[..., :1]).clamp_min(0)
     lam = torch.where(lam > floor, lam, torch.zeros((), dtype=lam.dtype, device=lam.device))
-    return lam.sqrt().flip(-1)
+    return lam.sqrt().flip(-1).masked_fill(bad[..., None], float("nan"))

@@ -19,6 +19,7 @@ float64 QR bases, recomputed for the earlier look from the stored factors.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +97,7 @@ class LayerResult:
     blocks: dict[str, dict[str, tuple[Tensor, Tensor]]] = field(default_factory=dict)
     state: dict[str, Any] | None = None
     svd: dict[str, tuple[Tensor, Tensor, Tensor]] = field(default_factory=dict)
+    nonfinite: dict[str, Tensor] = field(default_factory=dict)  # circuit -> bool [H]
 
 
 def _compatible(state: Any, factors: dict[str, Tensor]) -> bool:
@@ -130,10 +132,13 @@ def layer_pass(
     cross_prev: dict[str, Tensor] = {}
     cross_ref: dict[str, Tensor] = {}
     for f, F in factors.items():
-        if not track or prev is None:
-            grams[f] = gram(F)  # [h, dh, dh]
-            continue
         wd = working_dtype(F)
+        if not track or prev is None or bool(prev["bad"][f].any()):  # sync point (rare path)
+            grams[f] = gram(F)  # [h, dh, dh]
+            if ref is not None and prev is not None and not bool(ref["bad"][f].any()):
+                F_ref = ref["F"][f].to(device=F.device, dtype=wd)  # restart: cross-Gram anew
+                cross_ref[f] = (F_ref.mT @ F.to(wd)).to(torch.float64)
+            continue
         F0 = prev["F"][f].to(device=F.device, dtype=wd)
         delta = F.to(wd) - F0  # [h, D, dh]
         P = (F0.mT @ delta).to(torch.float64)  # A₀ᵀΔ
@@ -149,6 +154,14 @@ def layer_pass(
                 P_ref = (F_ref.mT @ delta).to(torch.float64)  # A_refᵀΔ
             cross_ref[f] = prev["C"][f].to(F.device) + P_ref  # A_refᵀA
         del delta
+    # a factor holding NaN/Inf shows in its Gram matrix: stand in the identity, report NaN
+    nonfinite = {f: ~torch.isfinite(G).all(dim=-1).all(dim=-1) for f, G in grams.items()}  # [h]
+    for f, bad_f in nonfinite.items():
+        eye = torch.eye(grams[f].shape[-1], dtype=grams[f].dtype, device=grams[f].device)
+        grams[f] = torch.where(bad_f[:, None, None], eye, grams[f])
+        if bool(bad_f.any()):  # sync point (one flag): no drift through a non-finite factor
+            cross_prev.pop(f, None)
+            cross_ref.pop(f, None)
     chols = {f: cholesky_factor(G, eps) for f, G in grams.items()}
 
     result = LayerResult(spectra={})
@@ -157,7 +170,9 @@ def layer_pass(
         ia, ib = index[fa], index[fb]
         A, B = _take(factors[fa], ia), _take(factors[fb], ib)  # [H, D, dh] views or gathers
         R_A, R_B = _take(chols[fa].R, ia), _take(chols[fb].R, ib)
-        ok = _take(chols[fa].ok, ia) & _take(chols[fb].ok, ib)  # [H]
+        nan_heads = _take(nonfinite[fa], ia) | _take(nonfinite[fb], ib)  # [H]
+        result.nonfinite[circuit] = nan_heads
+        ok = _take(chols[fa].ok, ia) & _take(chols[fb].ok, ib) | nan_heads  # [H]
         if A.shape[-2] < A.shape[-1] or B.shape[-2] < B.shape[-1]:
             ok = torch.zeros_like(ok)
         bad = (~ok).nonzero(as_tuple=True)[0]  # sync point: which heads take the QR path
@@ -170,10 +185,11 @@ def layer_pass(
         core = R_A @ R_B.mT  # [H, dh, dh] float64
         wd = working_dtype(A, B)
         if not (track or vectors):
-            result.spectra[circuit] = torch.linalg.svdvals(core).to(wd)
+            s = torch.linalg.svdvals(core)  # [H, dh]
+            result.spectra[circuit] = s.masked_fill(nan_heads[:, None], math.nan).to(wd)
             continue
         u, s, vh = torch.linalg.svd(core)  # [H, dh, dh], [H, dh], [H, dh, dh]
-        result.spectra[circuit] = s.to(wd)
+        result.spectra[circuit] = s.masked_fill(nan_heads[:, None], math.nan).to(wd)
         eye_a = _take(chols[fa].R_inv, ia)
         eye_b = _take(chols[fb].R_inv, ib)
         X_A = eye_a @ u  # [H, dh, r]: U = A X_A on Gram-path heads
@@ -185,7 +201,7 @@ def layer_pass(
         state_X[circuit] = (X_A, X_B, ok)
         blocks: dict[str, tuple[Tensor, Tensor]] = {}
         for which, old, cross in (("prev", prev, cross_prev), ("ref", ref, cross_ref)):
-            if old is None or fa not in cross or circuit not in old["X"]:
+            if old is None or fa not in cross or fb not in cross or circuit not in old["X"]:
                 continue
             X_A0, X_B0, ok0 = (t.to(core.device) for t in old["X"][circuit])
             M_U = X_A0.mT @ _take(cross[fa], ia) @ X_A  # U₀ᵀU [H, r, r]
@@ -200,7 +216,11 @@ def layer_pass(
                 U1, _, V1 = _explicit_bases(A[slow], B[slow])
                 M_U[slow] = U0.mT @ U1
                 M_V[slow] = V0.mT @ V1
-            blocks[which] = (_block_sums(M_U), _block_sums(M_V))
+            nan = nan_heads[:, None]
+            blocks[which] = (
+                _block_sums(M_U).masked_fill(nan, math.nan),
+                _block_sums(M_V).masked_fill(nan, math.nan),
+            )
         result.blocks[circuit] = blocks
     if track:
         dev = store_device
@@ -211,9 +231,14 @@ def layer_pass(
             "C": (
                 {f: grams[f].to(dev or grams[f].device) for f in factors}
                 if is_reference
-                else ({f: c.to(dev or c.device) for f, c in cross_ref.items()} or None)
+                else (
+                    {f: c.to(dev or c.device) for f, c in cross_ref.items()}
+                    if len(cross_ref) == len(factors)
+                    else None
+                )
             ),
             "X": {c: tuple(t.to(dev or t.device) for t in x) for c, x in state_X.items()},
+            "bad": {f: b.to(dev or b.device) for f, b in nonfinite.items()},
         }
     return result
 
@@ -272,6 +297,7 @@ def head_pass(
     n_heads: list[int] = []
     states: list[dict[str, Any]] = []
     free_prev = isinstance(prev, list) and prev is not ref
+    n_bad = 0
     for i, hw in enumerate(layers):
         old = prev[i] if isinstance(prev, list) and i < len(prev) else None
         old_ref = ref[i] if isinstance(ref, list) and i < len(ref) else None
@@ -287,6 +313,7 @@ def head_pass(
         if free_prev and i < len(prev):
             prev[i] = None  # type: ignore[call-overload]  # the old layer's copy can go now
         n_heads.append(hw.n_heads)
+        n_bad += sum(int(b.sum()) for b in res.nonfinite.values())  # sync point
         for c in CIRCUITS:
             spectra[c].append(res.spectra[c])
             for which, pair in res.blocks.get(c, {}).items():
@@ -295,6 +322,12 @@ def head_pass(
                 svd[c].append(res.svd[c])
         if res.state is not None:
             states.append(res.state)
+    if n_bad:
+        warnings.warn(
+            f"dynmon: {n_bad} head circuits hold NaN/Inf weights; their values are NaN",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     if not n_heads:
         return HeadPass({}, [], [], {}, None, {})
     ranks = [int(s.shape[-1]) for s in spectra["QK"]]

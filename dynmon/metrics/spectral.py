@@ -157,11 +157,10 @@ def gram_svdvals(M: Tensor) -> Tensor:
     side (float64 eigenvalues of a working-precision product): 2-3x faster than ``svdvals``
     on tall weights, with erank and stable rank equal to 1e-4 (``gram.gram_eigvals_svdvals``).
     NaN for non-finite input, as ``svdvals``."""
-    M = _upcast(M)
-    bad = _nonfinite(M)
-    s = gram_eigvals_svdvals(_zero_bad(M, bad))
+    s = gram_eigvals_svdvals(_upcast(M))  # NaN/Inf in M reach its Gram matrix, hence s
+    bad = ~torch.isfinite(s).all(dim=-1)
     _warn_nonfinite(bad, "gram_svdvals")
-    return _nan_bad(s, bad, 1)
+    return _nan_bad(s.nan_to_num(), bad, 1)
 
 
 def circuit_svdvals(A: Tensor, B: Tensor) -> Tensor:
