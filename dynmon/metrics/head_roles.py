@@ -119,14 +119,15 @@ def _probe(ctx: LookContext) -> roles.RepeatProbe:
 
 def outputs(s: Mapping[str, Tensor], out: Output) -> Output:
     """Keys of the scores: per head ``dynmon/<score>/L1.H3.attn`` (copying ``.OV``) with layer and
-    overall means, the best head ``dynmon/<score>_max``, ``[L, H]`` heatmap arrays, and the probe
-    losses ``dynmon/icl_score``, ``dynmon/icl_loss_<kind>``."""
+    overall means, the best head of a role ``dynmon/<score>_max``, ``[L, H]`` heatmap arrays, and
+    the probe losses ``dynmon/icl_score``, ``dynmon/icl_loss_<kind>``."""
     for name in (*PATTERN_SCORES, "copying_score"):
         if name not in s:
             continue
         target = "OV" if name == "copying_score" else "attn"
         out.scalars.update(head_scalars(name, s[name], target))
-        out.scalars[key(f"{name}_max")] = s[name].max()
+        if name not in ("attn_entropy", "sink_mass"):  # the best head of a role
+            out.scalars[key(f"{name}_max")] = s[name].max()
         out.arrays[key(name, target)] = s[name]
     for name in LOSSES:
         if name in s:
