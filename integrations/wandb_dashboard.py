@@ -106,6 +106,40 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
                 Panel("rank per matrix", "line", r"^dynmon/(erank|stable_rank)/[^/]*[a-z_][^/]*$"),
             ),
         ),
+        _tails_noise_llc_section(),
+    )
+
+
+# -- heavy tails, gradient noise, LLC (esd_alpha, grad_noise, llc) ------------------------------
+
+
+def _tails_noise_llc_section() -> SectionSpec:
+    """Power-law alpha of the weights' eigenvalue densities, the gradient-noise scale and SNR,
+    and the local learning coefficient: the measures WeightWatcher, Cockpit and devinterp give."""
+    return SectionSpec(
+        "Heavy tails, gradient noise, LLC",
+        (
+            Panel("ESD power-law alpha (mean, per layer)", "line", r"^dynmon/esd_alpha(/L\d+)?$"),
+            # parameter names hold lower case or "_"; layer means (L0) never do
+            Panel("ESD alpha per matrix", "line", r"^dynmon/esd_alpha/[^/]*[a-z_][^/]*$"),
+            Panel("ESD fit: KS distance, tail size", "line", r"^dynmon/esd_(ks|spikes)/.+$"),
+            Panel("matrices with alpha < 2 / > 6", "line", r"^dynmon/esd_flags/.+$"),
+            Panel(
+                "gradient noise scale B_simple",
+                "line",
+                r"^dynmon/grad_noise/b_simple(_unbiased)?$",
+                log_y=True,
+            ),
+            Panel("gradient signal-to-noise ratio", "line", r"^dynmon/grad_noise/snr$"),
+            Panel(
+                "gradient noise: tr Σ and |G|²",
+                "line",
+                r"^dynmon/grad_noise/(trace_cov|grad_sq_norm)$",
+                log_y=True,
+            ),
+            Panel("local learning coefficient (± stderr)", "line", r"^dynmon/llc(/stderr)?$"),
+            Panel("LLC drift and loss at the weights", "line", r"^dynmon/llc/(drift|init_loss)$"),
+        ),
     )
 
 

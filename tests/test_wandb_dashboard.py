@@ -52,6 +52,9 @@ def logged_keys(tmp_path_factory) -> set[str]:
         "full": None,
         "sharpness": None,
         "hessian_trace": None,
+        "esd_alpha": None,
+        "grad_noise": None,
+        "llc": None,
         final_distance_metric(final): None,  # what `dynmon analyze` adds
     }
     mon = dynmon.Monitor(
@@ -63,7 +66,7 @@ def logged_keys(tmp_path_factory) -> set[str]:
         loss_fn=loss_fn,
         probe_batch=x,
         optimizer=opt,
-        options={"autocorr_window": 4, "norm_window": 3, "k": 2},
+        options={"autocorr_window": 4, "norm_window": 3, "k": 2, "llc_chains": 2, "llc_draws": 4},
         strict=True,
     )
     for step in range(7):
@@ -123,6 +126,9 @@ def test_regexes_tell_circuits_layers_and_parameters_apart():
         assert titles(f"dynmon/erank/{name}") == ["rank per matrix"]
     assert titles("dynmon/subspace_dist_final") == ["to the final matrix (dynmon analyze)"]
     assert titles("dynmon/subspace_dist/L1.OV") == ["to the previous look"]
+    assert titles("dynmon/esd_alpha/L1") == ["ESD power-law alpha (mean, per layer)"]
+    assert titles("dynmon/esd_alpha/blocks.1.attn.q.weight") == ["ESD alpha per matrix"]
+    assert titles("dynmon/llc") == ["local learning coefficient (± stderr)"]
     assert titles("train/loss") == ["loss"] and titles("dynmon/loss_autocorr_curv") == [
         "loss autocorrelation curvature"
     ]
