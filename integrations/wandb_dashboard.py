@@ -106,6 +106,7 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
                 Panel("rank per matrix", "line", r"^dynmon/(erank|stable_rank)/[^/]*[a-z_][^/]*$"),
             ),
         ),
+        _head_roles_section(),
         _tails_noise_llc_section(),
     )
 
@@ -139,6 +140,44 @@ def _tails_noise_llc_section() -> SectionSpec:
             ),
             Panel("local learning coefficient (± stderr)", "line", r"^dynmon/llc(/stderr)?$"),
             Panel("LLC drift and loss at the weights", "line", r"^dynmon/llc/(drift|init_loss)$"),
+        ),
+    )
+
+
+# -- head roles (the head_roles metric) -----------------------------------------------------------
+ROLE_SCORES = ("induction_score", "prev_token_score", "duplicate_token_score", "copying_score")
+
+
+def _head_roles_section() -> SectionSpec:
+    """Which heads become previous-token, induction, duplicate-token and copying heads, and when:
+    the best head and the layer means as lines, every head as one heatmap per look; formation
+    events are rows of the ``dynmon/events`` table (kinds ``role_onset``, ``role_formed``)."""
+    return SectionSpec(
+        "Head roles",
+        (
+            Panel("best head per role", "line", rf"^dynmon/({'|'.join(ROLE_SCORES)})_max$"),
+            *(
+                Panel(
+                    f"{m.replace('_', ' ')} per layer",
+                    "line",
+                    rf"^dynmon/{m}/(L\d+\.)?{'OV' if m == 'copying_score' else 'attn'}$",
+                )
+                for m in ROLE_SCORES
+            ),
+            Panel("in-context score (repeated − first-occurrence loss)", "line", r"^dynmon/icl_"),
+            Panel(
+                "attention entropy and sink mass",
+                "line",
+                r"^dynmon/(attn_entropy|sink_mass)/(L\d+\.)?attn$",
+            ),
+            Panel(
+                "role scores per head (heatmaps)",
+                "media",
+                keys=tuple(
+                    f"dynmon/heatmap/{m}/{'OV' if m == 'copying_score' else 'attn'}"
+                    for m in ROLE_SCORES
+                ),
+            ),
         ),
     )
 

@@ -55,6 +55,7 @@ def logged_keys(tmp_path_factory) -> set[str]:
         "esd_alpha": None,
         "grad_noise": None,
         "llc": None,
+        "head_roles": None,
         final_distance_metric(final): None,  # what `dynmon analyze` adds
     }
     mon = dynmon.Monitor(
