@@ -12,7 +12,8 @@ python="${PYTHON:-python3.11}"
 pip=("$venv/bin/python" -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "${DYNMON_TORCH:-torch==2.13.0}"
 "${pip[@]}" --no-deps -e .                      # dynmon itself (numpy, scipy below)
-"${pip[@]}" numpy scipy pandas matplotlib tqdm einops powerlaw scikit-learn pydantic
+"${pip[@]}" numpy scipy pandas matplotlib tqdm einops powerlaw scikit-learn pydantic \
+    datasets xarray zarr transformers  # devinterp's sampler (none of them pulls torch)
 "${pip[@]}" --no-deps weightwatcher pyhessian curvlinops-for-pytorch devinterp
 # the peers' own remaining light imports, found by importing them
 "${pip[@]}" --no-deps einconv backpack-for-pytorch unfoldNd seaborn safetensors linear_operator jaxtyping wadler-lindig
