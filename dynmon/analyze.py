@@ -23,8 +23,9 @@ A state dict needs a model to load into, given by one of:
 Each checkpoint, in step order, is loaded into the model and a ``dynmon.Monitor`` looks at it,
 so the run folder is a live run's (``dynmon report`` draws it). Since the whole history is known,
 the seed paper's distance to the *final* matrix, ``‖M_f (I − M_t⁺ M_t)‖_F / ‖M_f‖_F`` per head for
-QK and OV (REFERENCE.md §2), is logged as ``dynmon/subspace_dist_final/<target>`` (per head, per
-layer, per circuit, and ``dynmon/subspace_dist_final`` averaged over heads and both circuits).
+QK and OV (docs/metrics.md#subspace_dist_final), is logged as
+``dynmon/subspace_dist_final/<target>`` (per head, per layer, per circuit, and
+``dynmon/subspace_dist_final`` averaged over heads and both circuits).
 """
 
 from __future__ import annotations

@@ -348,7 +348,8 @@ class Monitor:
         self._user_detectors = detectors is not None
         self._detectors: list[Any] = list(detectors) if detectors is not None else []
         self._seen_keys: set[str] = set()
-        # learning-curve measures (REFERENCE.md §3), streamed with bounded state
+        # learning-curve measures, streamed with bounded state (docs/metrics.md#loss_autocorr_curv,
+        # docs/metrics.md#norm_curvature)
         self._loss_acorr = AutocorrCurvature(window=int(self.options.get("autocorr_window", 50)))
         self._norm_curv = NormCurvature(
             window=int(self.options.get("norm_window", 7)),

@@ -1,4 +1,4 @@
-"""Head roles from attention patterns on a repeated-segment probe (REFERENCE.md §7).
+"""Head roles from attention patterns on a repeated-segment probe (docs/metrics.md#head_roles).
 
 A probe is random tokens with one random segment written ``R`` times (copy ``k`` starts at
 ``s_k``, offsets ``o = 0..S−1``). On it, per head (patterns ``[..., B, H, T, T]``, rows sum to 1):

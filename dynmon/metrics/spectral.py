@@ -280,9 +280,10 @@ def marginal_erank(s: Tensor, k: int = 1) -> Tensor:
     """Effective rank of the spectrum with its k leading singular values removed.
 
     This definition is ours, following Mainali & Teixeira's description of a "marginalised"
-    effective rank (REFERENCE.md §1, second-hand): ``erank(σ_{k+1}, …, σ_r)``, so the spread of
-    the tail shows once a few dominant directions have formed. A tail that is empty or all zero
-    gives 0 (the erank convention for a zero spectrum); NaN/Inf anywhere in s gives NaN.
+    effective rank (docs/metrics.md#marginal_erank, second-hand): ``erank(σ_{k+1}, …, σ_r)``, so
+    the spread of the tail shows once a few dominant directions have formed. A tail that is empty
+    or all zero gives 0 (the erank convention for a zero spectrum); NaN/Inf anywhere in s gives
+    NaN.
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")

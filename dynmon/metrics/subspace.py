@@ -93,7 +93,8 @@ def projection_residual(M_t: Tensor, M_ref: Tensor, *, rtol: float | None = None
     matrix still misses (0 when contained, 1 when orthogonal or ``M_t = 0``; NaN when
     ``M_ref = 0``). ``M_t⁺ M_t`` is the projector on the row space of ``M_t``, taken from its SVD
     with the rank cut ``σ > rtol·σ₁`` (default ``eps·max(m, n)``, as ``torch.linalg.pinv``).
-    Unverified: transcribed from a second-hand summary of the paper (REFERENCE.md §2).
+    Unverified: transcribed from a second-hand summary of the paper
+    (docs/metrics.md#subspace_dist_final).
     """
     M_t, M_ref = _common_dtype(M_t, M_ref)
     if rtol is None:
@@ -115,7 +116,8 @@ def projection_residual_factored(
     The row space of ``A_t B_tᵀ`` is spanned by ``V = Q_B v`` from the factored SVD, so the
     residual is ``A_ref Cᵀ`` with ``C = (I − VVᵀ) B_ref``, whose norm is ``‖R Cᵀ‖_F`` for
     ``A_ref = Q R``: no ``D x D`` matrix is formed. Default ``rtol = eps·D`` (as the dense form).
-    Unverified: transcribed from a second-hand summary of the paper (REFERENCE.md §2).
+    Unverified: transcribed from a second-hand summary of the paper
+    (docs/metrics.md#subspace_dist_final).
     """
     A_t, B_t, A_ref, B_ref = _common_dtype(A_t, B_t, A_ref, B_ref)
     if rtol is None:

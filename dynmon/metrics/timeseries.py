@@ -1,8 +1,9 @@
 """Learning-curve time series: smoothing, loss-autocorrelation curvature, norm-trajectory curvature.
 
 Pure functions on 1-D series (numpy arrays, sequences or tensors; returned as float64 numpy),
-following REFERENCE.md §3, plus streaming versions with fixed-size state for the Monitor
-(``update(step, value) -> float | None``, ``state_dict()`` / ``load_state_dict()``).
+defined in docs/metrics.md#loss_autocorr_curv and docs/metrics.md#norm_curvature, plus streaming
+versions with fixed-size state for the Monitor (``update(step, value) -> float | None``,
+``state_dict()`` / ``load_state_dict()``).
 
 * :func:`autocorr_curvature`: over a trailing window of ``window`` logged values, the lag-τ
   autocorrelation ``A(τ) = corr(L(t), L(t+τ))`` and its curvature at τ = 0,
@@ -288,7 +289,8 @@ def autocorr_curvature(
     smoothing: Smoothing | None = None,
     detrend: bool = True,
 ) -> np.ndarray:
-    """Curvature at τ = 0 of the loss autocorrelation over a trailing window (REFERENCE.md §3).
+    """Curvature at τ = 0 of the loss autocorrelation over a trailing window
+    (docs/metrics.md#loss_autocorr_curv).
 
     At log i (once ``window`` logs exist; NaN before) the window is x[i−window+1 … i]; with
     ``detrend`` its least-squares line is removed first, ``A(τ)`` is the Pearson correlation
