@@ -70,6 +70,7 @@ def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
             else:
                 mon.step(0)
         events = mon.events
+    torch.save(model.state_dict(), out / "model.pt")  # for a look at the final patterns
     run = dynmon.load_run(out)
     rep_steps, rep = run.series("dynmon/icl_loss_repeated")
     drop = steepest_drop(rep_steps, rep)
