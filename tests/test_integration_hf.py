@@ -83,7 +83,7 @@ def our_losses(run) -> dict[int, float]:
 
 
 def dense_erank(matrix: torch.Tensor) -> float:
-    """Roy–Vetterli effective rank from the full SVD of a dense matrix (REFERENCE.md)."""
+    """Roy–Vetterli effective rank from the full SVD of a dense matrix (docs/metrics.md#erank)."""
     s = torch.linalg.svdvals(matrix.double())
     p = s / s.sum()
     p = p[p > 0]

@@ -1,5 +1,6 @@
 """Linear-ICL pack, unit level: data statistics against direct sums, models against the attention
-formula, theory against REFERENCE.md's computed values, a second method or its own ODE."""
+formula, theory against the computed values of docs/packs.md#linear-icl, a second method or its
+own ODE."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# -- theory against REFERENCE.md's computed values -------------------------------------------------
+# -- theory against the computed values of docs/packs.md#linear-icl ------------------------------
 
 
 def test_plateau_losses_match_reference_table():
@@ -71,14 +72,15 @@ def test_attn_m_sigma_solves_its_ode():
     rhs = 2 * math.sqrt(D) * sig * (1 - c * sig)
     assert np.max(np.abs(dsig - rhs)) < 1e-3 * np.max(rhs)
     assert sig[0] == pytest.approx(s0) and sig[-1] == pytest.approx(1 / c, rel=1e-6)
-    # REFERENCE's form: σ(t) = e / ((1 + (1+D)/N)(e − 1) + √D / w²) with σ(0) = w²/√D
+    # docs/packs.md#linear-icl's form: σ(t) = e / ((1 + (1+D)/N)(e − 1) + √D / w²), σ(0) = w²/√D
     w2 = s0 * math.sqrt(D)
     e = np.exp(2 * math.sqrt(D) * t)
     assert np.allclose(sig, e / ((1 + (1 + D) / N) * (e - 1) + math.sqrt(D) / w2), rtol=1e-12)
 
 
 def test_attn_m_time_map_matches_reference_growth_rate():
-    """REFERENCE §4: early growth 4ηN√Dλ² per step (0.0155 for D=4, λ=¼, N=31, η=1e-3)."""
+    """docs/packs.md#linear-icl: early growth 4ηN√Dλ² per step (0.0155 for D=4, λ=¼, N=31,
+    η=1e-3)."""
     t = theory.attn_m_time(np.array([0.0, 1.0]), 1e-3, 31, 0.25, 4)
     rate = 2 * math.sqrt(4) * (t[1] - t[0])  # d ln σ / d step in the linear phase
     assert rate == pytest.approx(0.0155, rel=0.01)
@@ -86,7 +88,8 @@ def test_attn_m_time_map_matches_reference_growth_rate():
 
 
 def test_linear_transformer_flow_matches_the_per_mode_closed_form_in_one_dimension():
-    """D = 1 with p = q: the gradient flow of Γ = pq is REFERENCE §5's logistic a(t), with
+    """D = 1 with p = q: the gradient flow of Γ = pq is the logistic a(t) of
+    docs/packs.md#exact-linear-transformer, with
     τ = 1/(2η s²) steps in the code's conventions (mean loss, no ½)."""
     s, N, lr = 0.7, 31, 0.01
     cov = torch.tensor([[s]], dtype=F64)

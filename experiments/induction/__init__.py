@@ -1,11 +1,12 @@
 """Induction pack: attention-only transformers (1 to 4 layers) learn to copy repeated segments.
 
 A TransformerLens 4 native attention-only model trains on random tokens with a random segment
-written twice (REFERENCE.md §7). Once a previous-token head and an induction head compose, the
-loss on the repeated tokens falls off a cliff (in-context learning). The pack measures the task
-(losses on first vs repeated tokens, ICL score, induction / previous-token / copying score per
-head), detects the emergence online with dynmon's event detectors, and measures when the heads'
-QK and OV subspaces settle and how long before the emergence (the seed paper's Figure 5 claim).
+written twice (docs/packs.md#induction). Once a previous-token head and an induction head
+compose, the loss on the repeated tokens falls off a cliff (in-context learning). The pack
+measures the task (losses on first vs repeated tokens, ICL score, induction / previous-token /
+copying score per head), detects the emergence online with dynmon's event detectors, and
+measures when the heads' QK and OV subspaces settle and how long before the emergence (the seed
+paper's Figure 5 claim).
 
     from dynmon.experiments import induction
     summary = induction.run(induction.PRESETS["quick"], "runs/induction")

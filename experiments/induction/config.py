@@ -1,8 +1,9 @@
 """The induction pack's one flat, frozen config and its presets.
 
-The task (REFERENCE.md §7, measured configuration): sequences of ``seq_len`` uniform random
-tokens from a vocabulary of ``vocab``, into which one random segment of ``segment_len`` tokens is
-written ``repeats`` times at random non-overlapping positions; next-token loss on every position.
+The task (docs/packs.md#induction, measured configuration): sequences of ``seq_len`` uniform
+random tokens from a vocabulary of ``vocab``, into which one random segment of ``segment_len``
+tokens is written ``repeats`` times at random non-overlapping positions; next-token loss on every
+position.
 The model is a TransformerLens 4 native attention-only transformer (learned positions, no
 LayerNorm) with ``n_layers`` layers, trained with AdamW at a constant learning rate.
 
@@ -17,7 +18,7 @@ AdamW lr 3e-3, wd 0.1, betas (0.9, 0.999), embeddings initialised N(0, 1)):
 Why ``embed_init=1``: with TransformerLens' GPT-2 init (every weight N(0, 0.1²) at d_model 64)
 the 2-layer model sat on the skip-trigram plateau (repeated-token loss ≈ 3.4, induction score
 0.06) for 2 of 3 seeds past 3,000 steps; with N(0, 1) embeddings, as a plain ``nn.Embedding``
-(and REFERENCE.md §7's measured model) has, induction heads formed at steps 600-700 on seeds
+(and docs/packs.md#induction's measured model) has, induction heads formed at steps 600-700 on seeds
 0, 1, 2 (induction score 0.67-0.73 at 1,500 steps).
 """
 

@@ -1,8 +1,9 @@
 """The model: an attention-only transformer built natively by TransformerLens 4.
 
 ``n_layers`` attention layers of ``n_heads`` heads, learned positional embeddings, no LayerNorm,
-no MLP (REFERENCE.md §7). Weights the scores read, all in TransformerLens layout: ``model.W_E``
-``[V, D]``, ``model.W_U`` ``[D, V]``; per-head weights come from ``dynmon.heads(model)``.
+no MLP (docs/packs.md#induction). Weights the scores read, all in TransformerLens layout:
+``model.W_E`` ``[V, D]``, ``model.W_U`` ``[D, V]``; per-head weights come from
+``dynmon.heads(model)``.
 Attention patterns are read by dynmon's pattern capture from the model's own
 ``blocks.{i}.attn.hook_pattern`` (``[B, H, T, T]``), so they are exactly what the model computed.
 """

@@ -1,4 +1,4 @@
-"""Task metrics: what the model does with the repeated segment (REFERENCE.md §7).
+"""Task metrics: what the model does with the repeated segment (docs/packs.md#induction).
 
 One source of truth: every score is dynmon's ``head_roles`` metric (``dynmon.metrics.roles`` for
 the definitions, ``dynmon.metrics.head_roles`` for the forward on the probe), run on the pack's

@@ -7,7 +7,8 @@ part is ``ŷ = βᵀ Γ x_q`` has population loss (mean squared error, no ½, as
 
 (Gaussian fourth moments), minimised by Γ* = B⁻¹Λ. In the eigenbasis a mode α with
 Γ_α = a has ``L_α = λ(λ s∞ a² − 2λ a + 1)``, ``s∞ = ((N+1)λ + T)/N``, so a∞ = 1/s∞: this is
-REFERENCE.md §5's a^∞ with no cross-mode term (derived here; checked by simulation in the tests).
+the a^∞ of docs/packs.md#exact-linear-transformer with no cross-mode term (derived here; checked
+by simulation in the tests).
 
 Time maps (derived for the code's conventions: attention sums without 1/N, mean loss, no ½):
 
@@ -17,13 +18,14 @@ Time maps (derived for the code's conventions: attention sums without 1/N, mean 
   ``(1 + 2ηNλ²√D)`` per step, so we use ``t/τ = step · ln(1 + 2ηNλ²√D)/√D``.
   The initial σ̃₀ is the growing mode's share of the initialisation (``attn_m_sigma0``).
 - ATTN_S plateau ODE: a head aligned with mode m+1 with balanced factors u (v_y = k = q = u)
-  has ``du/dstep = 2ηNλ²u²(1 − N s∞ u³)``; with v = N^{1/3}u this is REFERENCE's
+  has ``du/dstep = 2ηNλ²u²(1 − N s∞ u³)``; with v = N^{1/3}u this is docs/packs.md#linear-icl's
   ``τ v̇ = λ²v² − λ³(1 + (1 + T/λ)/N) v⁵`` at ``t/τ = 2ηN^{2/3} · step``.
 - Linear transformer: Γ = p Q (p = W^P[D, D], Q = W^Q[:D, :D]) follows gradient flow on L(Γ):
   ``dp = −η⟨∂L/∂Γ, Q⟩``, ``dQ = −η p ∂L/∂Γ``, ``∂L/∂Γ = 2(BΓΛ − Λ²)`` (``lt_trajectory``,
-  integrated with scipy). One p is shared by all modes, so REFERENCE's per-mode logistic
-  ``a_α(t)`` (``lt_mode_closed_form``) is exact when each mode has its own balanced pair
-  (D = 1 here), with ``τ_α = 1/(2η s_α²)`` steps (REFERENCE's (ηP s²)⁻¹ is for a summed, ½ loss).
+  integrated with scipy). One p is shared by all modes, so the per-mode logistic ``a_α(t)`` of
+  docs/packs.md#exact-linear-transformer (``lt_mode_closed_form``) is exact when each mode has
+  its own balanced pair (D = 1 here), with ``τ_α = 1/(2η s_α²)`` steps (the paper's (ηP s²)⁻¹
+  is for a summed, ½ loss).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def s_inf(lam: Tensor, N: int) -> Tensor:
 
 
 def plateau_losses(lam: Tensor, N: int) -> Tensor:
-    """``L(M_m)`` for m = 0..D: the loss with the top m modes learned (REFERENCE.md §4)."""
+    """``L(M_m)`` for m = 0..D: the loss with the top m modes learned (docs/packs.md#linear-icl)."""
     lam = torch.sort(lam, descending=True).values
     gain = lam / (1 + (1 + lam.sum() / lam) / N)  # [D]
     return lam.sum() - torch.cat([gain.new_zeros(1), gain.cumsum(0)])
@@ -78,8 +80,8 @@ def attn_m_time(steps: np.ndarray, lr: float, N: int, lam: float, D: int) -> np.
 
 
 def attn_m_sigma(t_over_tau: np.ndarray, D: int, N: int, sigma0: float) -> np.ndarray:
-    """``σ̃(t) = e^{2√D t/τ} / (c (e^{2√D t/τ} − 1) + 1/σ̃₀)``: REFERENCE's σ(t) with
-    ``√D / w_init² = 1/σ̃₀``."""
+    """``σ̃(t) = e^{2√D t/τ} / (c (e^{2√D t/τ} − 1) + 1/σ̃₀)``: the σ(t) of
+    docs/packs.md#linear-icl with ``√D / w_init² = 1/σ̃₀``."""
     e = np.exp(2 * math.sqrt(D) * np.asarray(t_over_tau, dtype=float))
     return e / (attn_m_c(D, N) * (e - 1) + 1 / sigma0)
 
@@ -153,6 +155,7 @@ def lt_trajectory(p0: float, Q0: Tensor, cov: Tensor, N: int, lr: float, steps: 
 
 
 def lt_mode_closed_form(t_over_tau: np.ndarray, a0: float, s: float, trace: float, N: int):
-    """REFERENCE.md §5: ``a(t) = a∞a⁰ / (a⁰ + (a∞ − a⁰) e^{−2t/τ})``, a∞ = N/((N+1)s + tr Λ)."""
+    """``a(t) = a∞a⁰ / (a⁰ + (a∞ − a⁰) e^{−2t/τ})``, a∞ = N/((N+1)s + tr Λ)
+    (docs/packs.md#exact-linear-transformer)."""
     a_inf = N / ((N + 1) * s + trace)
     return a_inf * a0 / (a0 + (a_inf - a0) * np.exp(-2 * np.asarray(t_over_tau, dtype=float)))

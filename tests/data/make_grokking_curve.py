@@ -2,7 +2,8 @@
 
 Modular addition (a + b) mod 53, inputs [a, b, =], train fraction 0.5, a one-layer transformer
 (d_model 64, 4 heads, ReLU MLP 256, learned positions, no LayerNorm, loss at "=" only),
-full-batch AdamW lr 3e-3, weight decay 1, betas (0.9, 0.98), 10 warm-up steps (REFERENCE.md §6).
+full-batch AdamW lr 3e-3, weight decay 1, betas (0.9, 0.98), 10 warm-up steps
+(docs/packs.md#grokking).
 Train and test loss and accuracy are logged every 10 steps. Pure PyTorch, CPU, about a minute:
 
     python tests/data/make_grokking_curve.py [--seed 0] [--steps 1500] [--out PATH]
