@@ -47,10 +47,17 @@ class RunFolderLock:
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                who = holder(run_dir)
+                todo = (
+                    "close() the Monitor of this process that writes it (a notebook cell run "
+                    "again keeps the old one open), or use `with dynmon.Monitor(...)`"
+                    if who.startswith(f"pid {os.getpid()} ")
+                    else "stop that process first"
+                )
                 raise RunFolderBusy(
-                    f"{Path(run_dir)} is being written by another dynmon writer "
-                    f"({holder(run_dir)}); two runs in one folder would mix their rows. Choose "
-                    "another run_dir/--out, or stop that process first"
+                    f"{Path(run_dir)} is being written by another dynmon writer ({who}); two "
+                    f"runs in one folder would mix their rows. Choose another run_dir/--out, or "
+                    f"{todo}"
                 ) from None
             warnings.warn(  # e.g. ENOLCK on some network file systems
                 f"dynmon: cannot lock {self.path} ({exc}); the folder is used unlocked",

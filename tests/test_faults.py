@@ -176,7 +176,7 @@ def test_a_second_writer_is_refused_and_the_first_run_is_intact(tmp_path):
 
 def test_two_monitors_in_one_process_and_release_at_close(tmp_path):
     first = dynmon.Monitor(nn.Linear(2, 2), run_dir=tmp_path, metrics=[])
-    with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()}"):
+    with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()} .*close\\(\\) the Monitor"):
         dynmon.Monitor(nn.Linear(2, 2), run_dir=tmp_path, metrics=[])
     first.step(0, loss=1.0)
     first.close()
