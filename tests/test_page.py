@@ -233,3 +233,21 @@ def test_compare_bands_from_arrays_only_runs(tmp_path):
     _, lo, hi = stored(payload, band["ref"])
     np.testing.assert_allclose(lo, layer_means.min(axis=0), rtol=1e-5)
     np.testing.assert_allclose(hi, layer_means.max(axis=0), rtol=1e-5)
+
+
+def test_an_empty_run_and_hostile_text_still_make_a_valid_page(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    index = write_run_page(tmp_path)
+    assert "no steps logged yet" in index.read_text() and embedded(index)["panels"] == []
+    sink = RunFolderSink(tmp_path)
+    sink.write(0, {"loss": float("nan"), "acc": 0.5}, {})
+    sink.write(1, {"loss": 2.0, "acc": 0.75}, {})
+    evil = "</script><script>alert(1)</script>"
+    sink.write_event({"kind": "cliff", "step": 1, "at": 1, "key": "loss", "message": evil})
+    sink.close()
+    index = write_run_page(tmp_path)
+    payload = embedded(index)  # the JSON block was not cut short by the message
+    assert any(evil in m["text"] for m in payload["events"]["marks"])
+    _, y, _ = stored(payload, "loss")
+    assert np.isnan(y[0]) and y[1] == 2.0  # NaN travels as null, a gap in the line
+    assert "<script>alert(1)" not in index.read_text().split('id="dynmon-data"')[0]  # escaped
