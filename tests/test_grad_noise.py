@@ -178,3 +178,38 @@ def test_monitor_runs_grad_noise_and_training_stays_bitwise(tmp_path):
     rows = dynmon.load_run(tmp_path / "run").metrics
     assert GRAD_NOISE.name == "grad_noise"
     assert any(np.isfinite(r.get("dynmon/grad_noise/b_simple", np.nan)) for r in rows)
+
+
+def _tl_model_and_loss():
+    from conftest import tiny_tl
+
+    def loss(m, batch):
+        logits = m(batch)  # [B, T, V]
+        return nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+        )
+
+    return tiny_tl(d_vocab=12), loss
+
+
+def _hf_model_and_loss():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(
+        n_embd=16, n_layer=2, n_head=2, vocab_size=12, n_positions=8, attn_implementation="eager"
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(cfg).eval(), lambda m, b: m(b, labels=b).loss
+
+
+@pytest.mark.parametrize("build", [_tl_model_and_loss, _hf_model_and_loss], ids=["tl", "hf"])
+def test_vmap_runs_on_adapter_models(build):
+    """TransformerLens bridges and HF GPT-2 batch under vmap (no fallback) and agree with the
+    per-sample loop."""
+    model, loss = build()
+    x = torch.randint(0, 12, (5, 8), generator=torch.Generator().manual_seed(0))
+    before = Untouched(model)
+    fast = per_sample_grad_moments(model, loss, x, method="vmap", chunk_size=2)
+    slow = per_sample_grad_moments(model, loss, x, method="loop")
+    torch.testing.assert_close(fast.sum, slow.sum, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(fast.sum_sq, slow.sum_sq, rtol=1e-4, atol=1e-8)
+    before.check()
