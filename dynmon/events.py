@@ -39,11 +39,13 @@ __all__ = [
     "default_detectors",
 ]
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 states load with the new fields at their defaults
 SLOWED = 0.2  # a move is over once its rate fell below this share of its peak rate
 SETTLE_Z = 2.0  # ... with this many standard errors of confidence when judged on half a window
 SLOW_LOGS = 3  # consecutive slow windows that end a move
 PAST_PEAK = 0.9  # a move may settle once its windowed change fell below this share of its peak
+JOINED = 0.5  # a move whose slope stopped easing below this share of its peak joined a trend
 
 
 @runtime_checkable
@@ -86,12 +88,25 @@ class PlateauConfig:
       the end of the drop before them, plateau ends within half a window of the departure.
     * A drop much slower than the window (noisy losses) shows as a drift: raise ``window``.
 
+    A steady decline is neither a cliff nor a plateau. A move must be fast against the curve's
+    own trend: the window's change minus the change the slope of the window one window earlier
+    predicts (so an exponential decay, a straight line on the log scale, and a power law, whose
+    slope only eases, start no move; nor does anything in the first two windows, which have no
+    earlier trend to compare with). A move whose slope has stopped easing, at under half its
+    peak, is over: the curve has joined its new trend. A plateau is announced only once it is
+    flat on the curve's time scale too: either it opened within two windows after a move ended
+    (the level a drop arrived at), or its own stretch of at least two windows is flat in steps
+    and, on the log scale, has a log-log slope d ln L / d ln t within ``trend_tol`` (with
+    ``z_flat`` standard errors to spare), so a power law (slope −α) is not a plateau however
+    slowly it falls late in a run.
+
     With ``log_scale`` (losses spanning decades) the series is ln(value + floor) and the
     tolerances are in log units (≈ fractions of the value); the floor, ``log_floor`` times the
-    first value logged, keeps a loss that heads for zero (memorisation, float underflow) from
-    falling forever on the log scale; values at or below −floor are skipped. Without it the
-    tolerances are fractions of the current level (``relative``) or in the value's units.
-    ``min_drop`` is a fraction of the level before the drop (value units if not ``relative``).
+    first value logged, only matters for a loss that reaches exactly zero (values at or below
+    −floor are skipped): it is far below any loss a run logs, so a loss falling by decades keeps
+    falling on this scale. Without it the tolerances are fractions of the current level
+    (``relative``) or in the value's units. ``min_drop`` is a fraction of the level before the
+    drop (value units if not ``relative``).
     """
 
     window: int = 50
@@ -103,9 +118,10 @@ class PlateauConfig:
     z_flat: float = 2.0
     z_fast: float = 4.0
     log_scale: bool = True
-    log_floor: float = 1e-3
+    log_floor: float = 1e-12
     relative: bool = True
     report_rises: bool = True
+    trend_tol: float = 0.2
 
     def __post_init__(self) -> None:
         _check_trend_config(self)
@@ -113,6 +129,11 @@ class PlateauConfig:
             raise ValueError(f"min_drop must be a fraction in (0, 1), got {self.min_drop}")
         if self.min_length < 0:
             raise ValueError(f"min_length must be >= 0, got {self.min_length}")
+        if not 0.0 < self.log_floor < 1.0 or self.trend_tol <= 0:
+            raise ValueError(
+                f"need 0 < log_floor < 1 and trend_tol > 0, got {self.log_floor} and "
+                f"{self.trend_tol}"
+            )
 
 
 @dataclass(frozen=True)
@@ -173,8 +194,20 @@ class _Trend:
         min_length: int = 0,
         relative: bool = False,
         min_move: float = math.inf,
+        detrend: bool = False,
+        trend_tol: float = math.inf,
     ) -> None:
         self.W, self.C = int(window), 2 * int(window)
+        # detrend: moves are judged against the slope one window earlier, and plateaus are
+        # announced only when flat on the curve's time scale (see PlateauConfig)
+        self.detrend, self.trend_tol = detrend, trend_tol
+        self.slopes = [0.0] * self.W  # slope fitted at each of the last W updates, by n % W
+        self.t_origin: float | None = None  # the first step seen, and the first log spacing
+        self.h0: float | None = None
+        self.move_end_n: int | None = None  # points pushed when the last move ended
+        self.base_slope: float | None = None  # EMA of the slopes of windows 1-2 windows back
+        self.trend_from = 2 * self.W  # points pushed before a trend can be read
+        self.trend_slope = 0.0  # the trend's slope when a move starts
         self.flat_tol, self.fast_tol, self.drift_tol = flat_tol, fast_tol, drift_tol
         self.z_flat, self.z_fast = z_flat, z_fast
         self.min_length, self.relative, self.min_move = int(min_length), relative, min_move
@@ -198,6 +231,10 @@ class _Trend:
     # - ring and running sums -
     def _push(self, t: float, y: float) -> None:
         W, C = self.W, self.C
+        if self.t_origin is None:
+            self.t_origin = t
+        elif self.h0 is None:
+            self.h0 = max(t - self.t_origin, 1e-12)
         if self.n >= W:  # the oldest point leaves the window
             k = (self.n - W) % C
             self._add(self.ts[k], self.ys[k], -1.0)
@@ -354,6 +391,28 @@ class _Trend:
         flat = max(self._tol(self.flat_tol, level), self.z_flat * f["se_delta"])
         direction = 1.0 if f["delta"] > 0 else -1.0
         change = abs(f["delta"])
+        slope = f["delta"] / f["span"] if f["span"] > 0 else 0.0
+        slot, W = self.n % self.W, self.W
+        # the window one window back, once it lies wholly after the start and the last move
+        earlier = self.slopes[slot] if self.n >= self.trend_from else None
+        half = self.slopes[(self.n - W // 2) % W] if self.n >= W + W // 2 else None
+        self.slopes[slot] = slope
+        if earlier is not None:  # the trend: slopes of windows ending 1-2 windows back, averaged
+            b = self.base_slope
+            self.base_slope = earlier if b is None else b + (earlier - b) * 2.0 / (W + 1)
+        # the change beyond the earlier trend: what makes a move fast (an announced plateau is
+        # the trend itself: flat)
+        if not self.detrend or self._on_plateau():
+            beyond = f["delta"]
+        elif self.base_slope is None:
+            beyond = 0.0  # no trend to compare with yet: no move starts in the first 2 windows
+        else:
+            beyond = f["delta"] - self.base_slope * f["span"]
+        fast_beyond = max(self._tol(self.fast_tol, level), self.z_fast * 1.5 * f["se_delta"])
+        accelerating = direction * beyond > (fast_beyond if self.detrend else fast)
+        self.trend_slope = (
+            self.base_slope if (self.detrend and self.base_slope is not None) else 0.0
+        )
         kappa = max(self._tol(self.flat_tol, level), f["sigma"]) / 2.0
         # a move just ended leaves its step inside the window for a while: not a new move
         echo = (
@@ -364,6 +423,12 @@ class _Trend:
         mv = self.move
         if mv is not None:
             going = direction == mv["sign"] and change > max(flat, min(SLOWED * mv["peak"], fast))
+            if going and self.detrend and half is not None and change < JOINED * mv["peak"]:
+                # its slope stopped easing: the move has joined the curve's new steady trend
+                steady = abs(slope - half) * f["span"] <= max(
+                    self._tol(self.flat_tol, level), self.z_flat * 1.5 * f["se_delta"]
+                )
+                going = not steady
             mv["slow"] = 0 if going else mv["slow"] + 1
             if going:
                 if change > mv["peak"]:
@@ -379,9 +444,12 @@ class _Trend:
                 out.extend(self._end_move(f, kappa))
                 if turned:
                     out.append(self._start_move(f, direction, kappa))
-        elif change > fast and not echo:
+        elif change > fast and accelerating and not echo:
             out.append(self._start_move(f, direction, kappa))
-        if self.move is None:
+        # the level a move would leave from; while no trend is known yet (the first two windows)
+        # a fast window keeps the last calm level, so a fall seen late is dated from its start
+        unknown = self.detrend and self.base_slope is None and change > fast and not echo
+        if self.move is None and not (unknown and self.calm is not None):
             lv = self.short_mean() if echo else f["end"]
             self.calm = {"level": lv, "t_first": f["t_first"]}
         if self.plateau is not None:
@@ -389,6 +457,19 @@ class _Trend:
         elif self.move is None and change <= self._flat_after_drift(flat, direction, level, f):
             out.extend(self._start_plateau(f, kappa))
         return out
+
+    def _on_plateau(self) -> bool:
+        """On an announced plateau, or leaving one that ended within two windows (its trend is
+        flat, whatever the slope of the windows that straddle the departure)."""
+        if self.plateau is not None:
+            return bool(self.plateau["announced"])
+        lp = self.last_plateau
+        recent = lp is not None and lp.get("announced", True) and self.n - lp["n"] <= 2 * self.W
+        return bool(recent) and self.move is None and self.last_move_end_before(lp)
+
+    def last_move_end_before(self, lp: dict[str, Any]) -> bool:
+        """No move has ended since the plateau ``lp`` ended."""
+        return self.last_move_end is None or self.last_move_end < lp["end"]
 
     def _flat_after_drift(self, flat: float, direction: float, level: float, f: dict) -> float:
         """The flat bound, a third as wide while the level drifts on from a plateau left by drift.
@@ -459,21 +540,75 @@ class _Trend:
 
     def _open_plateau(self, start: float, f: dict[str, float]) -> list:
         ts, ys = self.points()
-        pts = [y for t, y in zip(ts, ys, strict=True) if t >= start]
+        after_move = self.move_end_n is not None and self.n - self.move_end_n <= 2 * self.W
         self.plateau = {
             "start": start,
-            "sum": sum(pts),
-            "count": len(pts),
+            "sum": 0.0,
+            "count": 0,
             "announced": False,
             "last": f["t_last"],
+            "after_move": after_move,
+            "s": [0.0] * 8,  # Σu Σuu Σuy Σx Σxx Σxy Σy Σ1 (u = t − start, x = ln time)
         }
+        for t, y in zip(ts, ys, strict=True):
+            if t >= start:
+                self._plateau_add(t, y)
         return self._announce(f)
+
+    def _restretch(self, p: dict[str, Any]) -> None:
+        """Judge the plateau from the last window on (its start, and level, stay)."""
+        p["s"] = [0.0] * 8
+        level_sum, count = p["sum"], p["count"]
+        ts, ys = self.window_points()
+        for t, y in zip(ts, ys, strict=True):
+            if t >= p["start"]:
+                self._plateau_add(t, y)
+        p["sum"], p["count"] = level_sum, count
+
+    def _plateau_add(self, t: float, y: float) -> None:
+        """One more point of the open plateau (its level and the sums behind its two slopes)."""
+        p = self.plateau
+        assert p is not None
+        p["sum"] += y
+        p["count"] += 1
+        u = t - p["start"]
+        x = math.log(t - (self.t_origin or 0.0) + (self.h0 or 1.0))  # log time since the run began
+        for i, v in enumerate((u, u * u, u * y, x, x * x, x * y, y, 1.0)):
+            p["s"][i] += v
+
+    def _flat_in_time(self, f: dict[str, float], after_move: bool) -> bool:
+        """Whether the plateau's own stretch is flat: its change in steps within the flat bound,
+        and (unless it is the level a move just arrived at) its log-log slope within
+        ``trend_tol`` with ``z_flat`` standard errors to spare (a power law's slope is −α).
+        The stretch must hold 1.5 windows after a move, else two windows."""
+        p = self.plateau
+        assert p is not None
+        su, suu, suy, sx, sxx, sxy, sy, n = p["s"]
+        if n < (self.W if after_move else 2 * self.W):
+            return False
+        sigma, mean = f["sigma"], sy / n
+        span = f["t_last"] - p["start"]
+        cuu, cxx = suu - su * su / n, sxx - sx * sx / n
+        if cuu <= 0 or cxx <= 0:
+            return False
+        change = (suy - su * sy / n) / cuu * span
+        bound = max(self._tol(self.flat_tol, mean), self.z_flat * sigma / math.sqrt(cuu) * span)
+        if abs(change) > bound:
+            return False
+        if after_move or not math.isfinite(self.trend_tol):
+            return True
+        elasticity = (sxy - sx * sy / n) / cxx
+        return abs(elasticity) + self.z_flat * sigma / math.sqrt(cxx) <= self.trend_tol
 
     def _announce(self, f: dict[str, float]) -> list:
         p = self.plateau
         assert p is not None
         if p["announced"] or f["t_last"] - p["start"] < self.min_length:
             return []
+        if self.detrend and not self._flat_in_time(f, p["after_move"]):
+            if p["s"][7] >= 2 * self.W:  # judged on two windows and not flat: keep the last one
+                self._restretch(p)
+            return []  # flat for a window, but maybe a slow steady decline: wait for more
         p["announced"] = True
         level = p["sum"] / p["count"]
         return [("plateau_start", {"start": p["start"], "level": level, "span": f["span"]})]
@@ -489,8 +624,7 @@ class _Trend:
         p = self.plateau
         assert p is not None
         if self.move is None:
-            p["sum"] += y
-            p["count"] += 1
+            self._plateau_add(f["t_last"], y)
             p["last"] = f["t_last"]
         level = p["sum"] / p["count"]
         now = self.short_mean()
@@ -509,6 +643,7 @@ class _Trend:
         end = self._departure(level, sign, p["start"], kappa)
         self.plateau = None
         self.last_plateau = {"level": level, "end": end, "n": self.n, "used": False}
+        self.last_plateau["announced"] = p["announced"]
         self.last_plateau.update(reason=reason, sign=sign)
         if self.move is not None and self.move["from_plateau"]:
             self.move["start"] = end  # the move began where the plateau ended
@@ -537,9 +672,10 @@ class _Trend:
         elif self.calm is not None:
             base = self.calm["level"]
             start = self._departure(base, sign, self.calm["t_first"], kappa)
-        else:  # fast from the first window on
+        else:  # fast from the first window on: the move left the first log's level
             ts, ys = self.window_points()
-            base, start = ys[0], ts[0]
+            base = ys[0]
+            start = self._departure(base, sign, ts[0], kappa)
         self.move = {
             "sign": sign,
             "from": base,
@@ -549,6 +685,8 @@ class _Trend:
             "steepest": f["tbar"],
             "extreme": f["end"],
             "from_plateau": on_plateau,
+            # the slope per step it departs from (none from a plateau that was announced)
+            "trend": 0.0 if self._on_plateau() else self.trend_slope,
             "slow": 0,  # consecutive windows slower than the move's continuation bound
         }
         return ("move_start", dict(self.move))
@@ -576,6 +714,8 @@ class _Trend:
         mv["steepest"] = min(max(mv["steepest"], mv["start"]), end)
         self.move = None
         self.last_move_end, self.last_sign = end, mv["sign"]
+        self.move_end_n = self.n
+        self.base_slope, self.trend_from = None, self.n + 2 * self.W  # a new trend to learn
         self.calm = {"level": to, "t_first": end}  # the next move leaves from here
         out.append(("move_end", {**mv, "to": to, "end": end}))
         if settled is not None and self.plateau is None:
@@ -587,11 +727,13 @@ class _Trend:
         if self.move is None:
             return None
         ts, ys = self.points(max(self.W // 2, 2))
-        return {**self.move, "to": sum(ys) / len(ys), "end": ts[-1]}
+        steepest = min(max(self.move["steepest"], self.move["start"]), ts[-1])
+        return {**self.move, "to": sum(ys) / len(ys), "end": ts[-1], "steepest": steepest}
 
     def state_dict(self) -> dict[str, Any]:
         keys = ("n", "t0", "y0", "s", "since", "plateau", "move", "calm", "last_plateau")
-        keys += ("noise", "noise_init")
+        keys += ("noise", "noise_init", "slopes", "t_origin", "h0", "move_end_n", "trend_slope")
+        keys += ("base_slope", "trend_from")
         state = {k: _copy(getattr(self, k)) for k in keys}
         state.update(ts=list(self.ts), ys=list(self.ys), unit=self.unit)
         state["last_move_end"], state["last_sign"] = self.last_move_end, self.last_sign
@@ -602,6 +744,8 @@ class _Trend:
             raise ValueError(f"saved ring holds {len(state['ts'])} points, this one {self.C}")
         for k, v in state.items():
             setattr(self, k, _copy(v))
+        if self.plateau is not None and "s" not in self.plateau:  # a version 1 state
+            self.plateau.update(after_move=True, s=[0.0] * 8)
 
 
 def _clipped_mean(xs: list[float]) -> float:
@@ -689,6 +833,8 @@ class PlateauCliffDetector(_ScalarDetector):
             cfg.min_length,
             relative=cfg.relative and not cfg.log_scale,
             min_move=-math.log1p(-cfg.min_drop) if cfg.log_scale else cfg.min_drop,
+            detrend=True,
+            trend_tol=cfg.trend_tol if cfg.log_scale else math.inf,
         )
         self._nan_seen = False
         self.skipped = 0  # values that could not be used (non-finite, or ≤ −floor on a log scale)
@@ -752,11 +898,16 @@ class PlateauCliffDetector(_ScalarDetector):
     def _move(self, info: dict[str, Any], step: int, open_: bool) -> list[dict]:
         a, b = self._v(info["from"]), self._v(info["to"])
         down = info["sign"] < 0
+        # where the trend it left would have taken the curve: the move's size is judged beyond it
+        expected = self._v(info["from"] + info.get("trend", 0.0) * (info["end"] - info["start"]))
         if self.config.log_scale or self.config.relative:
             rel = (a - b) / abs(a) if a != 0 else math.inf
+            beyond = (expected - b) / abs(expected) if expected != 0 else math.inf
         else:
-            rel = a - b
-        if (rel if down else -rel) < self.config.min_drop or not (down or self.config.report_rises):
+            rel, beyond = a - b, expected - b
+        if (beyond if down else -beyond) < self.config.min_drop:
+            return []
+        if not (down or self.config.report_rises):
             return []
         kind = "cliff" if down else "rise"
         s, e, at = _step(info["start"]), _step(info["end"]), info["steepest"]
@@ -803,7 +954,7 @@ class PlateauCliffDetector(_ScalarDetector):
 
 
 def _check_version(state: Mapping[str, Any], det: Any) -> None:
-    if state.get("version") != STATE_VERSION:
+    if state.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{det!r}: unknown state version {state.get('version')!r}")
 
 
@@ -845,6 +996,9 @@ class OnsetDetector(_ScalarDetector, _PercentAware):
             if kind == "plateau_start" or (kind == "move_start" and info["sign"] < 0):
                 self._armed = True
         mv = self._trend.move
+        origin = self._trend.t_origin
+        if mv is not None and mv["start"] <= (origin if origin is not None else -math.inf):
+            mv = None  # rising since the first log: where it took off is not in the data
         if mv is not None and mv["sign"] > 0 and self._armed:
             rise = mv["extreme"] - mv["from"]
             if rise >= self.config.min_rise * self.unit:
