@@ -13,8 +13,9 @@ the curve lives on (log for losses spanning decades). Noise is multiplicative, h
 * ``noise``: one level and noise: one plateau from the first log.
 * ``grokking_like``: a test loss that sits at ln p, rises while the training set is memorised,
   falls by a factor 2-5 over 6-14 windows, then drops 3-6 decades (grokking) and keeps falling
-  exponentially: plateau start and end, rise, cliff; and its training loss, which drops 2-4 decades at memorisation
-  and then falls exponentially: plateau start and end, cliff, nothing after.
+  exponentially: plateau start and end, rise, cliff; and its training loss, which drops 2-4
+  decades at memorisation and then falls exponentially: plateau start and end, cliff, nothing
+  after.
 
 Plateaus start ``3·scale`` after a drop's centre and end ``3·scale`` before it (where the
 logistic is within 5 % of its ends); a cliff is at the drop's centre.
