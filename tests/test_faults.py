@@ -684,6 +684,43 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert a.summary == b.summary
 
 
+def test_drop_events_after_keeps_the_saved_step_and_ends_cut_lines(tmp_path):
+    (tmp_path / "events.jsonl").write_text(
+        '{"step": 3, "kind": "a"}\n{"step": 5, "kind": "b"}\n{"step": 6, "kind": "c"}\n{"st'
+    )
+    sink = RunFolderSink(tmp_path)
+    sink.write_event({"step": 7, "kind": "d"})  # opens the file: the cut line is ended first
+    assert sink.drop_events_after(5) == 2
+    sink.write_event({"step": 6, "kind": "c again"})
+    sink.close()
+    text = (tmp_path / "events.jsonl").read_text()
+    assert [e["kind"] for e in _lines(tmp_path / "events.jsonl")] == ["a", "b", "c again"]
+    assert "\n\n" not in text
+    again = RunFolderSink(tmp_path)
+    assert again.drop_events_after(None) == 3  # a state saved before any step
+    again.close()
+    assert (tmp_path / "events.jsonl").read_text() == ""
+
+
+def test_a_version_1_state_still_loads_and_a_failed_start_frees_the_folder(tmp_path):
+    with dynmon.Monitor(nn.Linear(2, 2), run_dir=tmp_path / "a", metrics=[]) as mon:
+        mon.step(0, loss=1.0)
+        state = mon.state_dict()
+    old = {k: v for k, v in state.items() if k != "events"} | {"version": 1}
+    resumed = dynmon.Monitor(nn.Linear(2, 2), run_dir=tmp_path / "a", metrics=[])
+    resumed.load_state_dict(old)
+    resumed.close()
+    with dynmon.Monitor(nn.Linear(2, 2), run_dir=tmp_path / "b", metrics=[]) as other:
+        with pytest.raises(ValueError, match="unknown dynmon Monitor state version 7"):
+            other.load_state_dict({"version": 7})
+    with pytest.raises(ValueError, match="unknown sink"):
+        dynmon.Monitor(
+            nn.Linear(2, 2), run_dir=tmp_path / "c", metrics=[], sinks=["local", "bogus"]
+        )
+    with dynmon.Monitor(nn.Linear(2, 2), run_dir=tmp_path / "c", metrics=[]) as mon:
+        mon.step(0, loss=1.0)  # the failed start released its lock
+
+
 # -- 7. steps load_run cannot hold, and reports on read-only folders -------------------------------
 def test_huge_and_hand_edited_steps_are_skipped_with_one_warning(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(

@@ -209,6 +209,7 @@ class RunFolderSink:
         fd = self._fds.pop(EVENTS, None)
         if fd is not None:
             os.close(fd)
+        self._cut.discard(EVENTS)  # the rewrite below ends every line
         lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
         kept, dropped = [], 0
         for line in lines:
