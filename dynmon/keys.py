@@ -15,7 +15,11 @@ HEAD_KEY = re.compile(
 
 
 def key(metric: str, target: str | None = None) -> str:
-    """``dynmon/<metric>`` or ``dynmon/<metric>/<target>``."""
+    """``dynmon/<metric>`` or ``dynmon/<metric>/<target>``.
+
+    >>> key("erank", "L0.H1.QK"), key("sharpness")
+    ('dynmon/erank/L0.H1.QK', 'dynmon/sharpness')
+    """
     return f"{PREFIX}/{metric}" if target is None else f"{PREFIX}/{metric}/{target}"
 
 
@@ -27,6 +31,13 @@ def head_scalars(
     ``dynmon/erank/L0.H1.QK``, ``dynmon/erank/L0.QK`` (mean over heads) and
     ``dynmon/erank/QK`` (mean over all heads). NaN heads are left out of the means.
     ``n_heads[l]`` is layer l's head count when layers differ (padded heads get no key).
+
+    >>> import torch
+    >>> out = head_scalars("erank", torch.tensor([[1.0, 3.0]]), "QK")  # [L=1, H=2]
+    >>> list(out)
+    ['dynmon/erank/L0.H0.QK', 'dynmon/erank/L0.H1.QK', 'dynmon/erank/L0.QK', 'dynmon/erank/QK']
+    >>> [float(v) for v in out.values()]  # two heads, their layer mean, the overall mean
+    [1.0, 3.0, 2.0, 2.0]
     """
     out: dict[str, Tensor] = {}
     counts = n_heads or [values.shape[1]] * values.shape[0]

@@ -45,7 +45,11 @@ INT64 = (-(2**63), 2**63 - 1)  # the steps NumPy's int64 arrays hold
 
 # -- the value convention -------------------------------------------------------------------------
 def encode_float(x: float) -> float | str:
-    """A float as strict JSON allows it: itself when finite, else ``"NaN"``/``"±Infinity"``."""
+    """A float as strict JSON allows it: itself when finite, else ``"NaN"``/``"±Infinity"``.
+
+    >>> encode_float(1.5), encode_float(float("nan")), encode_float(-math.inf)
+    (1.5, 'NaN', '-Infinity')
+    """
     if math.isfinite(x):
         return x
     return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
@@ -95,7 +99,11 @@ def _encode_array(a: np.ndarray) -> Any:
 
 
 def restore(value: Any) -> Any:
-    """Undo the convention: ``"NaN"``/``"Infinity"``/``"-Infinity"`` back to floats, recursively."""
+    """Undo the convention: ``"NaN"``/``"Infinity"``/``"-Infinity"`` back to floats, recursively.
+
+    >>> restore({"loss": "NaN", "acc": [0.5, "Infinity"], "name": "run"})
+    {'loss': nan, 'acc': [0.5, inf], 'name': 'run'}
+    """
     if isinstance(value, str):
         return NONFINITE.get(value, value)
     if isinstance(value, list):

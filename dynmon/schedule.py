@@ -105,12 +105,25 @@ class _Callable(Schedule):
 
 def every(k: int, start: int = 0) -> Schedule:
     """Look every ``k`` steps, starting at ``start`` (whole numbers: ``every(2.7)`` is refused,
-    not truncated)."""
+    not truncated).
+
+    >>> [step for step in range(12) if every(5)(step)]
+    [0, 5, 10]
+    >>> s = every(100) | logspace(1, 1000, 4)  # the union looks when either part does
+    >>> [step for step in range(301) if s(step)]
+    [0, 1, 10, 100, 200, 300]
+    """
     return Every(_step_int("every(k): k", k, 1), _step_int("every(k, start): start", start))
 
 
 def logspace(start: int, stop: int, num: int) -> Schedule:
-    """Look at ``num`` log-spaced steps between step ``start`` and step ``stop``."""
+    """Look at ``num`` log-spaced steps between step ``start`` and step ``stop``.
+
+    The bounds are step numbers, not exponents (unlike ``numpy.logspace``):
+
+    >>> [step for step in range(2000) if logspace(1, 1000, 4)(step)]
+    [1, 10, 100, 1000]
+    """
     return LogSpace(
         _step_int("logspace: start", start),
         _step_int("logspace: stop", stop),

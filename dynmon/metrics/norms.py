@@ -40,6 +40,9 @@ def global_norm(tensors: Iterable[Tensor | None]) -> Tensor:
 
     Returned as a 0-D tensor on the first tensor's device, float64 if any input is, else float32;
     0 for no tensors.
+
+    >>> float(global_norm([torch.tensor([3.0]), None, torch.tensor([[4.0]])]))
+    5.0
     """
     norms = [
         torch.linalg.vector_norm(_upcast(t.detach())) for t in tensors if t is not None
@@ -57,6 +60,9 @@ def update_ratio(new: Tensor, old: Tensor) -> Tensor:
 
     Tells how far one step (or one monitor interval) moved a weight relative to its scale;
     NaN where ``old`` is zero, since the ratio is undefined there.
+
+    >>> float(update_ratio(torch.tensor([[3.0, 4.0]]), torch.tensor([[0.0, 4.0]])))  # 3 / 4
+    0.75
     """
     new, old = _upcast(new.detach()), _upcast(old.detach())
     dtype = torch.promote_types(new.dtype, old.dtype)

@@ -166,8 +166,17 @@ def gram_svdvals(M: Tensor) -> Tensor:
 def circuit_svdvals(A: Tensor, B: Tensor) -> Tensor:
     """Nonzero singular values of ``A @ B.mT`` (``A, B: [..., D, dh]``) without forming it.
 
-    Returns ``[..., min(D, dh)]`` descending: the SVD of the ``dh x dh`` core of the factors'
-    thin QR, since ``σ(Q_A R_A R_Bᵀ Q_Bᵀ) = σ(R_A R_Bᵀ)``. Leading dims broadcast.
+    Returns ``[..., min(D, dh)]`` descending: the SVD of the ``dh x dh`` core ``R_A R_Bᵀ`` of
+    triangular factors with ``RᵀR = FᵀF`` (from the Gram matrices, float64 QR where they are
+    ill-conditioned), since ``σ(Q_A R_A R_Bᵀ Q_Bᵀ) = σ(R_A R_Bᵀ)``
+    (docs/metrics.md#circuit-spectra). Leading dims broadcast.
+
+    >>> A = torch.tensor([[3.0, 0.0], [0.0, 0.0], [0.0, 4.0]])  # [D=3, dh=2]
+    >>> B = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
+    >>> [round(x, 4) for x in circuit_svdvals(A, B).tolist()]
+    [4.0, 3.0]
+    >>> torch.allclose(circuit_svdvals(A, B), torch.linalg.svdvals(A @ B.T)[:2])
+    True
     """
     s, bad = _circuit_svdvals(A, B)
     _warn_nonfinite(bad, "circuit_svdvals")
@@ -248,7 +257,17 @@ def _scaled(s: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def erank(s: Tensor) -> Tensor:
-    """Roy–Vetterli effective rank ``exp(H(σ/Σσ))``: a smooth rank in ``[1, rank]`` (0 if s = 0)."""
+    """Roy–Vetterli effective rank ``exp(H(σ/Σσ))``: a smooth rank in ``[1, rank]`` (0 if s = 0).
+
+    Of the singular values themselves, not their squares (docs/metrics.md#erank).
+
+    >>> round(float(erank(torch.tensor([1.0, 1.0, 1.0, 1.0]))), 4)  # four equal directions
+    4.0
+    >>> round(float(erank(torch.tensor([2.0, 0.0, 0.0]))), 4)  # rank one
+    1.0
+    >>> erank(torch.tensor([[1.0, 1.0], [0.0, 0.0]]))  # batched; a zero spectrum gives 0
+    tensor([2., 0.])
+    """
     x, s, zero = _scaled(s)
     p = x / torch.where(zero, 1.0, x.sum(dim=-1)).unsqueeze(-1)  # [..., r], sums to 1
     entropy = -torch.xlogy(p, p).sum(dim=-1)  # 0 log 0 = 0
@@ -256,13 +275,25 @@ def erank(s: Tensor) -> Tensor:
 
 
 def stable_rank(s: Tensor) -> Tensor:
-    """Stable rank ``Σσ² / σ₁² = ‖M‖_F² / ‖M‖₂²``: a rank in ``[1, rank]`` (0 if s = 0)."""
+    """Stable rank ``Σσ² / σ₁² = ‖M‖_F² / ‖M‖₂²``: a rank in ``[1, rank]`` (0 if s = 0).
+
+    docs/metrics.md#stable_rank.
+
+    >>> float(stable_rank(torch.tensor([2.0, 1.0, 1.0])))  # (4 + 1 + 1) / 4
+    1.5
+    """
     x, s, zero = _scaled(s)
     return _finish(x.square().sum(dim=-1), s, zero)
 
 
 def participation_ratio(s: Tensor) -> Tensor:
-    """Participation ratio ``(Σσ²)² / Σσ⁴``, in ``[stable_rank, rank]`` (0 if s = 0)."""
+    """Participation ratio ``(Σσ²)² / Σσ⁴``, in ``[stable_rank, rank]`` (0 if s = 0).
+
+    docs/metrics.md#participation_ratio.
+
+    >>> float(participation_ratio(torch.tensor([2.0, 1.0, 1.0])))  # 6² / (16 + 1 + 1)
+    2.0
+    """
     x, s, zero = _scaled(s)
     x2 = x.square()
     pr = x2.sum(dim=-1).square() / torch.where(zero, 1.0, x2.square().sum(dim=-1))
@@ -270,7 +301,13 @@ def participation_ratio(s: Tensor) -> Tensor:
 
 
 def numerical_rank(s: Tensor, tol: float = 1e-3) -> Tensor:
-    """Count of ``σ > tol·σ₁`` as an integer-valued float tensor (so it can be averaged)."""
+    """Count of ``σ > tol·σ₁`` as an integer-valued float tensor (so it can be averaged).
+
+    docs/metrics.md#numerical_rank.
+
+    >>> numerical_rank(torch.tensor([1.0, 1e-2, 1e-4]))  # 1e-4 is below 1e-3 · σ₁
+    tensor(2.)
+    """
     x, s, zero = _scaled(s)
     count = (x > tol).sum(dim=-1).to(x.dtype)
     return _finish(count, s, zero)
@@ -284,6 +321,9 @@ def marginal_erank(s: Tensor, k: int = 1) -> Tensor:
     the spread of the tail shows once a few dominant directions have formed. A tail that is empty
     or all zero gives 0 (the erank convention for a zero spectrum); NaN/Inf anywhere in s gives
     NaN.
+
+    >>> round(float(marginal_erank(torch.tensor([5.0, 1.0, 1.0]))), 4)  # erank of (1, 1)
+    2.0
     """
     if k < 0:
         raise ValueError(f"k must be >= 0, got {k}")

@@ -35,6 +35,10 @@ def principal_angles(U: Tensor, V: Tensor) -> Tensor:
     ``cos θ = σ(Uᵀ V)`` is inaccurate for small angles (cos ≈ 1), so, like
     ``scipy.linalg.subspace_angles``, angles with ``cos² ≥ ½`` come from ``sin θ = σ((I − UUᵀ) V)``
     instead, with the projector applied as ``V − U (Uᵀ V)``. Assumes orthonormal columns.
+
+    >>> diagonal = torch.tensor([[1.0], [1.0]]) / 2**0.5
+    >>> round(float(principal_angles(torch.eye(2)[:, :1], diagonal)[0]), 4)  # π/4
+    0.7854
     """
     U, V = _common_dtype(U, V)
     if U.shape[-1] < V.shape[-1]:  # the wider basis projects, so (I - UUᵀ)V has k_v sines
@@ -54,7 +58,14 @@ def subspace_distance(U: Tensor, V: Tensor) -> Tensor:
 
     For equal k this is ``√(mean sin²θ)`` over the principal angles: 0 for the same subspace,
     1 for orthogonal ones. Computed as ``‖(I − UUᵀ)V‖_F² + ‖(I − VVᵀ)U‖_F²`` from the ``k x k``
-    product ``Uᵀ V``: that keeps small distances accurate, where ``2k − 2‖UᵀV‖_F²`` cancels.
+    product ``Uᵀ V``: that keeps small distances accurate, where ``2k − 2‖UᵀV‖_F²`` cancels
+    (docs/metrics.md#subspace_dist).
+
+    >>> e = torch.eye(3)
+    >>> float(subspace_distance(e[:, :1], e[:, :1])), float(subspace_distance(e[:, :1], e[:, 1:2]))
+    (0.0, 1.0)
+    >>> round(float(subspace_distance(e[:, :2], e[:, 1:3])), 4)  # one shared axis: √(1/2)
+    0.7071
     """
     U, V = _common_dtype(U, V)
     UtV = U.mT @ V  # [..., k_u, k_v]
