@@ -131,3 +131,19 @@ def test_metric_keys_layer_means_and_filters():
     assert [k for k in only if k.startswith("dynmon/esd_alpha/h.")] == [
         "dynmon/esd_alpha/h.1.attn.weight"
     ]
+
+
+def test_a_non_finite_weight_gets_nan_and_the_others_their_fit():
+    g = torch.Generator().manual_seed(1)
+    bad = torch.randn(20, 10, generator=g)
+    bad[3, 4] = float("nan")
+    good = torch.randn(20, 10, generator=g)
+    ctx = LookContext(
+        step=0, model=torch.nn.Linear(1, 1), weights={"a.weight": bad, "b.weight": good}
+    )
+    out = esd_alpha_metric(ctx).scalars
+    assert math.isnan(out["dynmon/esd_alpha/a.weight"])
+    assert out["dynmon/esd_alpha/b.weight"] == pytest.approx(
+        powerlaw_fit(esd_eigenvalues(good)).alpha
+    )
+    assert out["dynmon/esd_alpha"] == pytest.approx(out["dynmon/esd_alpha/b.weight"])

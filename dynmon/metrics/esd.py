@@ -139,7 +139,10 @@ def esd_alpha_metric(ctx: LookContext) -> Output:
             continue
         if min(w.shape) < min_evals:
             continue
-        fit = powerlaw_fit(esd_eigenvalues(w))
+        if not bool(torch.isfinite(w).all()):  # sync point; NaN for this weight, not the metric
+            fit = PowerLawFit(math.nan, math.nan, math.nan, 0, 0)
+        else:
+            fit = powerlaw_fit(esd_eigenvalues(w))
         out.scalars[key("esd_alpha", name)] = fit.alpha
         out.scalars[key("esd_ks", name)] = fit.ks
         out.scalars[key("esd_spikes", name)] = float(fit.num_tail)
