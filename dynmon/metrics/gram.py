@@ -4,8 +4,8 @@ For a circuit ``M = A Bᵀ`` (``A, B: [..., D, dh]``) the nonzero singular value
 the ``dh x dh`` core ``R_A R_Bᵀ`` for any ``R`` with ``RᵀR = AᵀA``. Taking ``R`` from the
 Cholesky factor of the Gram matrix costs one matmul per factor, where a Householder QR costs
 about seven. Rounding ``G = AᵀA`` perturbs ``R`` multiplicatively by about ``eps·κ(A)²``
-(docs: Gram path), hence every singular value of ``M`` *relatively* by that much; a factor whose
-estimated ``eps·κ²`` exceeds ``GRAM_TOL`` is recomputed by a float64 QR instead.
+(docs/metrics.md#circuit-spectra), hence every singular value of ``M`` *relatively* by that much;
+a factor whose estimated ``eps·κ²`` exceeds ``GRAM_TOL`` is recomputed by a float64 QR instead.
 
 Pure functions, batched over leading dims; the Gram matrices and cores are float64.
 """

@@ -358,8 +358,8 @@ def head_pass(
 
 def drift_from_blocks(b_U: Tensor, b_V: Tensor, k: int, ranks: list[int]) -> Tensor:
     """Subspace distance of the top-k bases, ``[L, H]``: the mean over the read (U) and write (V)
-    sides of ``√((k − ‖U₀ᵀU‖²_F)/k)`` for k-column orthonormal bases (docs/metrics.md), with
-    ``k`` capped at each layer's rank ``ranks[l]``."""
+    sides of ``√((k − ‖U₀ᵀU‖²_F)/k)`` for k-column orthonormal bases
+    (docs/metrics.md#subspace_dist), with ``k`` capped at each layer's rank ``ranks[l]``."""
     k_eff = torch.tensor([min(k, r) for r in ranks], dtype=b_U.dtype, device=b_U.device)
     idx = (k_eff.long() - 1)[:, None, None].expand(-1, b_U.shape[1], 1)  # [L, H, 1]
 
