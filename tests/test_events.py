@@ -1,8 +1,8 @@
 """Online event detection: plateaus, cliffs, onsets, saturation, grokking (dynmon.events).
 
 Synthetic curves with known change points and realistic noise (multiplicative, heavy-tailed,
-irregular logging), the linear-ICL staircase of REFERENCE.md §4, and a grokking curve recorded by
-training a one-layer transformer (``tests/data/make_grokking_curve.py``).
+irregular logging), the linear-ICL staircase of docs/packs.md#linear-icl, and a grokking curve
+recorded by training a one-layer transformer (``tests/data/make_grokking_curve.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from dynmon.events import (
 
 DATA = Path(__file__).parent / "data" / "grokking_curve.json"
 W = PlateauConfig().window
-ICL_LEVELS = [1.0, 0.640580, 0.377372, 0.209805, 0.135995]  # REFERENCE.md §4, D=4, N=31
+ICL_LEVELS = [1.0, 0.640580, 0.377372, 0.209805, 0.135995]  # docs/packs.md#linear-icl, D=4, N=31
 
 
 # -- synthetic learning curves ----------------------------------------------------------------
