@@ -18,6 +18,7 @@ import numpy as np
 
 from dynmon.page.envelope import BINS, Envelope, envelope
 from dynmon.page.keys import HeadMetric, KeyPlan, plan_keys
+from dynmon.report import EVENT_COLORS, OTHER_EVENT_COLOR, PLATEAU_COLOR
 
 MAX_FRAMES = 120  # heatmap frames kept for the step slider
 PALETTE = [
@@ -40,21 +41,6 @@ LABELS = {
     "subspace_dist_ref": "subspace distance (reference)",
     "subspace_dist_final": "distance to the final matrix",
 }
-EVENT_COLORS = {
-    "cliff": "#d62728",
-    "onset": "#2ca02c",
-    "memorization": "#9467bd",
-    "grokking": "#ff7f0e",
-    "metric_error": "#444444",
-    "saturation": "#17becf",
-    "circuit_formation": "#1f77b4",
-    "circuit_formation_online": "#aec7e8",
-    "cleanup": "#e377c2",
-    "generalization": "#bcbd22",
-    "rise": "#98df8a",
-    "nan": "#000000",
-}
-OTHER_EVENT_COLOR = "#8c564b"
 
 
 class Source(Protocol):
@@ -316,6 +302,8 @@ def heatmap(source: Source, hm: HeadMetric, pid: str) -> dict[str, Any] | None:
         z[circuit] = frames
         finite.append(frames[np.isfinite(frames)])
     vals = np.concatenate(finite)
+    if not len(vals):  # every kept frame falls before the first look of its circuit
+        return None
     subspace = hm.metric.startswith("subspace")
     return {
         "id": pid,
@@ -361,7 +349,7 @@ def event_marks(events: list[dict[str, Any]], run: str | None = None) -> dict[st
                 "kind": kind,
                 "text": f"{run}: {text}" if run else text,
                 "color": EVENT_COLORS.get(
-                    kind, "#7f7f7f" if "plateau" in kind else OTHER_EVENT_COLOR
+                    kind, PLATEAU_COLOR if "plateau" in kind else OTHER_EVENT_COLOR
                 ),
             }
         )
