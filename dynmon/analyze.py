@@ -368,7 +368,9 @@ def analyze(
     ``out`` must be new or empty (``overwrite`` deletes an earlier dynmon run folder there, and
     nothing else); a fatal error leaves no partial ``out`` behind.
     """
+    import dynmon
     from dynmon.lock import RunFolderBusy
+    from dynmon.progress import Progress, latest_event
     from dynmon.runfolder import prepare_output
 
     ckpts = find_checkpoints(ckpt_dir)
@@ -383,24 +385,8 @@ def analyze(
     if not isinstance(net, nn.Module):
         raise CheckpointError(f"the model factory {source!r} returned a {type(net).__name__}")
     net.eval()
-    skipped: dict[Path, dict[str, Any]] = {}
-
-    def skip(ckpt: Checkpoint, exc: CheckpointError) -> None:
-        skipped[ckpt.path] = {"step": ckpt.step, "path": str(ckpt.path), "reason": str(exc)}
-        warnings.warn(f"dynmon analyze: skipped {exc}", RuntimeWarning, 3)
-
-    final_ckpt = None
-    for ckpt in reversed(ckpts):  # the final matrices: the last checkpoint that reads
-        try:
-            final_state = load_state_dict(ckpt.path)
-        except CheckpointError as exc:
-            skip(ckpt, exc)
-            continue
-        final_ckpt = ckpt
-        break
-    if final_ckpt is None:
-        reasons = "; ".join(s["reason"] for s in list(skipped.values())[:3])
-        raise CheckpointError(f"none of the {len(ckpts)} checkpoints could be read: {reasons}")
+    skips = _Skips()
+    final_ckpt, final_state = _last_readable(ckpts, skips)
     with torch.no_grad():
         load_into(net, final_state, final_ckpt.path)
         final = {
@@ -418,22 +404,37 @@ def analyze(
     )
     out = prepare_output(out, overwrite=overwrite, command="dynmon analyze")
     try:
-        return _run_over(
-            ckpts,
+        mon = dynmon.Monitor(
             net,
-            out,
-            names,
-            final,
-            config,
-            skipped,
-            skip,
-            final_ckpt,
-            source,
-            options=options,
+            run_dir=out,
+            schedule=[c.step for c in ckpts],
+            # "economy": False: exactly the metrics named (a dict naming no preset adds economy)
+            metrics={"economy": False, **dict.fromkeys(names), final_distance_metric(final): None},
             strict=strict,
-            progress=progress,
-            stream=stream,
+            config=config,
+            options=options,
         )
+        bar = Progress(ckpts[-1].step, "analyze", enabled=progress, stream=stream)
+        with mon, bar:
+            for ckpt in ckpts:
+                state = None if ckpt.path in skips.records else skips.read(ckpt)
+                if state is None:
+                    continue
+                with torch.no_grad():
+                    load_into(net, state, ckpt.path)
+                del state
+                mon.step(ckpt.step)
+                bar.update(ckpt.step, event=latest_event(mon.events))
+            info: dict[str, Any] = {
+                "checkpoints": len(ckpts) - len(skips.records),
+                "model": source,
+                "final": str(final_ckpt.path),
+            }
+            if skips.records:
+                info["skipped"] = sorted(skips.records.values(), key=lambda r: r["step"])
+            summary = {"analyze": info}
+            mon.update_summary(summary)
+        return summary
     except RunFolderBusy:
         raise  # another writer's folder: not ours to remove
     except Exception:
@@ -441,56 +442,31 @@ def analyze(
         raise
 
 
-def _run_over(
-    ckpts,
-    net,
-    out,
-    names,
-    final,
-    config,
-    skipped,
-    skip,
-    final_ckpt,
-    source,
-    *,
-    options,
-    strict,
-    progress,
-    stream,
-) -> dict[str, Any]:
-    """The monitored pass over the readable checkpoints (``analyze``'s second half)."""
-    import dynmon
-    from dynmon.progress import Progress, latest_event
+class _Skips:
+    """The checkpoints that could not be read: one warning each, kept for ``summary.json``."""
 
-    mon = dynmon.Monitor(
-        net,
-        run_dir=out,
-        schedule=[c.step for c in ckpts],
-        # "economy": False: exactly the metrics named (a dict naming no preset adds economy)
-        metrics={"economy": False, **dict.fromkeys(names), final_distance_metric(final): None},
-        strict=strict,
-        config=config,
-        options=options,
-    )
-    bar = Progress(ckpts[-1].step, "analyze", enabled=progress, stream=stream)
-    with mon, bar:
-        for ckpt in ckpts:
-            if ckpt.path in skipped:
-                continue
-            try:
-                state = load_state_dict(ckpt.path)
-            except CheckpointError as exc:
-                skip(ckpt, exc)
-                continue
-            with torch.no_grad():
-                load_into(net, state, ckpt.path)
-            del state
-            mon.step(ckpt.step)
-            bar.update(ckpt.step, event=latest_event(mon.events))
-        read = len(ckpts) - len(skipped)
-        info: dict[str, Any] = {"checkpoints": read, "model": source, "final": str(final_ckpt.path)}
-        if skipped:
-            info["skipped"] = sorted(skipped.values(), key=lambda s: s["step"])
-        summary = {"analyze": info}
-        mon.update_summary(summary)
-    return summary
+    def __init__(self) -> None:
+        self.records: dict[Path, dict[str, Any]] = {}
+
+    def read(self, ckpt: Checkpoint) -> dict[str, Tensor] | None:
+        """The checkpoint's state dict, or None (recorded and warned about once)."""
+        try:
+            return load_state_dict(ckpt.path)
+        except CheckpointError as exc:
+            self.records[ckpt.path] = {
+                "step": ckpt.step,
+                "path": str(ckpt.path),
+                "reason": str(exc),
+            }
+            warnings.warn(f"dynmon analyze: skipped {exc}", RuntimeWarning, 3)
+            return None
+
+
+def _last_readable(ckpts: list[Checkpoint], skips: _Skips) -> tuple[Checkpoint, dict[str, Tensor]]:
+    """The last checkpoint that reads (its matrices are the "final" ones), and its state."""
+    for ckpt in reversed(ckpts):
+        state = skips.read(ckpt)
+        if state is not None:
+            return ckpt, state
+    reasons = "; ".join(r["reason"] for r in list(skips.records.values())[:3])
+    raise CheckpointError(f"none of the {len(ckpts)} checkpoints could be read: {reasons}")
