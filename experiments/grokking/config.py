@@ -15,7 +15,8 @@ loss reaches ~1e-7):
   time varies a lot with the seed at this learning rate); ~40 steps/s, so 1-7 min a run.
 - ``nanda``: the published configuration (Nanda et al. 2023): p=113, train fraction 0.3,
   d_model 128, 4 heads, d_mlp 512, lr 1e-3, wd 1, betas (0.9, 0.98), 40k full-batch steps.
-  A GPU configuration (about 0.11 s per training step on 2 CPU cores). It should reproduce the
+  A GPU configuration (about 0.11 s per training step on 2 CPU cores): it runs on CUDA when
+  torch sees a GPU (``device="auto"``), else on the CPU. It should reproduce the
   published curves: test loss peaks near step 1.4k, grokking (test loss falls sharply) near
   10k-14k (TransformerLens demo: test loss 0.86 at 13.8k and 0.005 at 14.5k), and the paper's
   three phases, memorisation (to ~1.4k), circuit formation (~1.4k-9.4k), cleanup (~9.4k-13k).
@@ -59,7 +60,8 @@ class GrokkingConfig:
     sharpness_batch: int = 512  # fixed train rows it is measured on; 0: the whole train set
     threshold: float = 0.95  # accuracy that marks memorisation (train) and grokking (test)
     stop_after_grok: int = 0  # stop this many steps after grokking is detected; 0: never
-    device: str = "cpu"
+    device: str = "cpu"  # cpu, cuda, cuda:N, or auto (CUDA when torch sees a GPU, else CPU)
+    threads: int = 0  # CPU intra-op threads for the loop; 0: picked from the model size (1 here)
 
     def __post_init__(self) -> None:
         if self.op not in OPS:
@@ -74,6 +76,12 @@ class GrokkingConfig:
             raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         if self.log_every < 1 or self.look_every < 1:
             raise ValueError("log_every and look_every must be positive")
+        if self.threads < 0:
+            raise ValueError(
+                f"threads must be >= 0 (0: pick from the model size), got {self.threads}"
+            )
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ValueError(f"device must be cpu, cuda, cuda:N, mps or auto, got {self.device!r}")
 
 
 def _is_prime(n: int) -> bool:
@@ -96,6 +104,7 @@ PRESETS: dict[str, GrokkingConfig] = {
         look_every=500,
         sharpness_every=1000,
         sharpness_batch=0,
+        device="auto",
     ),
 }
 DEFAULT_PRESET = "quick"

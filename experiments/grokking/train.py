@@ -4,7 +4,7 @@ Per step: one full-batch forward/backward on the train set, ``optimizer.step()``
 ``mon.step(step, ...)``. Step s is the state after s updates (step 0 is the initial model).
 Every ``log_every`` steps one no-grad forward over all inputs gives the train/test loss and
 accuracy and the progress measures (``progress.py``), logged through ``mon.step`` under
-``train/loss``, ``test/loss``, ``train/acc``, ``test/acc``, ``weight_norm``, ``gini/W_E``,
+``train/loss``, ``test/loss``, ``train/acc``, ``test/acc``, ``weight_norm`` (‖θ‖), ``gini/W_E``,
 ``gini/W_L``, ``restricted_loss``, ``excluded_loss``, ``n_key_freqs``. dynmon looks every
 ``look_every`` steps and at 30 log-spaced early steps (economy metrics, ``weight_erank`` of every
 2-D weight, and ``sharpness``, the top Hessian eigenvalue of the train loss on
@@ -21,6 +21,7 @@ parameter snapshots kept every ``look_every`` steps), giving ``circuit_formation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 
+from ..threads import pick_threads, torch_threads
 from . import phases
 from . import progress as P
 from .config import GrokkingConfig
@@ -89,7 +91,8 @@ def measure(
             "test/loss": P.cross_entropy(logits[te], y[te], cfg.float64_loss),
             "train/acc": P.accuracy(logits[tr], y[tr]),
             "test/acc": P.accuracy(logits[te], y[te]),
-            "weight_norm": P.weight_norm_sq(params),
+            # ‖θ‖, as dynmon/weight_norm (Nanda et al.'s Σ‖θ‖² is its square: see cleanup)
+            "weight_norm": P.weight_norm_sq(params).sqrt(),
         }
         keep: dict[str, Any] = {}
         if cfg.op in P.FOURIER_OPS:
@@ -125,8 +128,12 @@ def _detectors(cfg: GrokkingConfig) -> list[Any] | None:
         from dynmon import events
     except ImportError:
         return None
-    keys = ["loss", "train/loss", "test/loss", "train/acc", "test/acc", "restricted_loss"]
-    dets = list(events.default_detectors(keys))
+    # not "loss" (the same curve as train/loss) nor the restricted loss (it jumps when the key
+    # frequencies change, which is no learning event); a window of 10 logs: full-batch curves
+    # are smooth, and the first two windows, where no move can start, end at 2 x 10 logs
+    keys = ["train/loss", "test/loss", "train/acc", "test/acc"]
+    window = events.PlateauConfig(window=10)
+    dets = list(events.default_detectors(keys, plateau=window))
     dets = [d for d in dets if type(d).__name__ != "GrokkingDetector"]
     dets.append(
         events.GrokkingDetector(train_key="train/acc", test_key="test/acc", threshold=cfg.threshold)
@@ -134,17 +141,43 @@ def _detectors(cfg: GrokkingConfig) -> list[Any] | None:
     return dets
 
 
-def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict:
-    """Train with the Monitor attached; write the run folder; return the summary."""
-    import dynmon
-    from dynmon.progress import Progress, latest_event
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else the CPU; any other name as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
-    cfg = config
+
+def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict:
+    """Train with the Monitor attached; write the run folder; return the summary.
+
+    The loop runs with ``cfg.threads`` CPU threads, or the count ``pick_threads`` picks from the
+    model's size when it is 0 (one for the presets' small models on CPU).
+    """
+    device = resolve_device(config.device)
+    cfg = dataclasses.replace(config, device=str(device))  # config.json says where it ran
     out = Path(out)
-    device = torch.device(cfg.device)
     ds = make_dataset(cfg.p, cfg.op, cfg.train_frac, cfg.seed).to(device)
     model = build_model(cfg)
     params = trainable(model)
+    threads = pick_threads(cfg.threads, sum(p.numel() for p in params), device)
+    with torch_threads(threads):
+        return _train(cfg, out, wandb, ds, model, params)
+
+
+def _train(
+    cfg: GrokkingConfig,
+    out: Path,
+    wandb: bool,
+    ds: Dataset,
+    model: torch.nn.Module,
+    params: list[torch.Tensor],
+) -> dict:
+    """The loop of :func:`run` (with its thread count set)."""
+    import dynmon
+    from dynmon.progress import Progress, latest_event
+
+    device = ds.tokens.device
     opt = torch.optim.AdamW(
         params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.beta1, cfg.beta2)
     )
@@ -241,6 +274,8 @@ def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict
             train_steps_per_s=round(last / max(elapsed - t_measure - t_monitor, 1e-9), 2),
             seconds_measuring=round(t_measure, 2),
             seconds_in_monitor=round(t_monitor, 2),
+            threads=torch.get_num_threads(),
+            device=str(device),
         )
         mon.update_summary(summary)
     return summary
@@ -365,7 +400,8 @@ def _summarize(
             hs, restricted, [acc_at.get(s, 0.0) for s in hs], mem, T
         )
         wsteps, wnorm = _series(history, "weight_norm")
-        cleanup = phases.cleanup_step(wsteps, wnorm, circuit or mem, grok)
+        wnorm_sq = [w * w for w in wnorm]  # the paper's Σ‖θ‖², whose fall rate defines cleanup
+        cleanup = phases.cleanup_step(wsteps, wnorm_sq, circuit or mem, grok)
         summary["circuit_formation_step"] = circuit
         summary["circuit_formation_step_online"] = found.get("circuit_formation_online")
         summary["cleanup_step"] = cleanup

@@ -58,6 +58,7 @@ class LinearICLConfig:
     lr: float = 0.02
     steps: int = 10_001
     seed: int = 0  # data, rotation and initialisation (private generators)
+    threads: int = 0  # CPU intra-op threads; 0: picked from the model size (1: these are tiny)
     # monitoring
     log_every: int = 10  # train/test loss, theory curves
     look_every: int = 10  # dynmon looks (KQ spectra, subspace distance)
@@ -80,6 +81,10 @@ class LinearICLConfig:
             raise ValueError(f"P_test must be at least 100 fresh sequences, got {self.P_test}")
         if self.lr <= 0 or self.init <= 0:
             raise ValueError(f"lr and init must be positive, got lr={self.lr}, init={self.init}")
+        if self.threads < 0:
+            raise ValueError(
+                f"threads must be >= 0 (0: pick from the model size), got {self.threads}"
+            )
         if self.sharpness_every < 0:
             raise ValueError(f"sharpness_every must be >= 0, got {self.sharpness_every}")
         parse_ranks(self.ranks)

@@ -19,13 +19,13 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..threads import pick_threads, torch_threads
 from . import theory
 from .config import LinearICLConfig, parse_ranks
 from .data import TrainStats, batch_loss, make_task, test_stats, train_stats
@@ -38,17 +38,6 @@ MATCH_TOL = 0.05  # a detected plateau "is" a theory level within this relative 
 # ~4 of each other for these spectra, while a mode still on its way up is far below
 RANK_TOL = 0.1
 LONG_FRAC = 0.2  # a plateau this fraction as long as the first one is "distinct"
-
-
-@contextlib.contextmanager
-def _threads(n: int) -> Iterator[None]:
-    """One intra-op thread for these tiny kernels (restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def loss_fn(model: LinearICL, stats: TrainStats) -> torch.Tensor:
@@ -77,7 +66,8 @@ def theory_levels(cfg: LinearICLConfig, lam: torch.Tensor) -> dict[int, float]:
 
 def run(config: LinearICLConfig, out: Path | str, *, wandb: bool = False) -> dict:
     """Train with the Monitor attached; write the run folder(s); return the summary."""
-    with _threads(1):
+    # linear attention on D+1 tokens: a few hundred parameters, so one thread (see ..threads)
+    with torch_threads(pick_threads(config.threads, 0, "cpu")):
         if parse_ranks(config.ranks):
             return _sweep(config, Path(out), wandb)
         return _run_one(config, Path(out), wandb)
