@@ -125,12 +125,12 @@ def test_seed_statistics_against_numpy(tmp_path):
 
 def test_groups_and_differing_keys():
     configs = [
-        {"run": {"seed": 0, "lr": 0.1}},
-        {"run": {"seed": 1, "lr": 0.1}},
+        {"run": {"seed": 0, "lr": 0.1}, "dynmon": {"run_dir": "runs/a"}},
+        {"run": {"seed": 1, "lr": 0.1}, "dynmon": {"run_dir": "runs/b"}},
         {"run": {"seed": 0, "lr": 0.2}, "extra": True},
     ]
     assert seed_groups(configs) == [[0, 1], [2]]
-    assert differing_keys(configs) == ["run.seed", "run.lr", "extra"]
+    assert differing_keys(configs) == ["run.seed", "run.lr", "dynmon.run_dir", "extra"]
 
 
 def test_compare_three_seeds_and_another_config(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from dynmon.page.envelope import BINS, envelope_bounds
-from dynmon.page.keys import is_seed_key, plan_keys
+from dynmon.page.keys import is_location_key, is_seed_key, plan_keys
 from dynmon.page.payload import (
     CIRCUIT_DASH,
     LABELS,
@@ -46,10 +46,12 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
 
 
 def seed_groups(configs: Sequence[dict[str, Any]]) -> list[list[int]]:
-    """Indices of runs grouped by their config with the seed keys left out, in first-seen order."""
+    """Indices of runs grouped by their config with the seed keys (and where the run was
+    written) left out, in first-seen order."""
     groups: dict[str, list[int]] = {}
     for i, c in enumerate(configs):
-        rest = {k: v for k, v in flatten(c).items() if not is_seed_key(k)}
+        flat = flatten(c).items()
+        rest = {k: v for k, v in flat if not (is_seed_key(k) or is_location_key(k))}
         groups.setdefault(repr(sorted(rest.items(), key=lambda kv: kv[0])), []).append(i)
     return list(groups.values())
 

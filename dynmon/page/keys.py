@@ -81,7 +81,15 @@ def plan_keys(keys: Iterable[str], array_names: Iterable[str] = ()) -> KeyPlan:
     return KeyPlan(user=user, head_metrics=metrics, curvature=curvature, other=other)
 
 
+LOCATION_KEYS = {"run_dir", "out", "out_dir", "output_dir", "logging_dir"}
+
+
 def is_seed_key(flat_key: str) -> bool:
     """A config key that only picks a seed (``seed``, ``run.seed``, ``data_seed``)."""
     last = flat_key.rsplit(".", 1)[-1].lower()
     return last == "seed" or last.endswith("_seed")
+
+
+def is_location_key(flat_key: str) -> bool:
+    """A config key that only says where the run was written (``dynmon.run_dir``)."""
+    return flat_key.rsplit(".", 1)[-1].lower() in LOCATION_KEYS
