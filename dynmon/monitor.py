@@ -798,7 +798,7 @@ class Monitor:
         """
         if "heads" in needs:
             ctx.heads = adapters.heads(self.model)
-        layers = ctx.heads if ctx.heads else adapters.iter_heads(self.model)
+        layers = ctx.heads if ctx.heads else adapters.iter_heads(self.model, expand_kv=False)
         tracker = next((n for n, spec in due if "head_subspace" in spec.needs), None)
         result = head_pass(
             layers,

@@ -26,9 +26,10 @@ def heads(model: nn.Module) -> list[HeadWeights]:
     return list(iter_heads(model))
 
 
-def iter_heads(model: nn.Module) -> Iterator[HeadWeights]:
+def iter_heads(model: nn.Module, expand_kv: bool = True) -> Iterator[HeadWeights]:
     """``heads(model)`` one layer at a time, so a look never holds every layer's (expanded) copy.
 
+    ``expand_kv=False`` leaves grouped-query K/V with their ``n_kv_heads`` heads (no copies).
     Raises ``NoAttentionFound`` (before yielding anything) when no module matches an adapter.
     """
     root = unwrap(model)
@@ -37,7 +38,7 @@ def iter_heads(model: nn.Module) -> Iterator[HeadWeights]:
         raise NoAttentionFound(_no_attention_message(root))
     for i, (name, module, adapter) in enumerate(found):
         with torch.no_grad():
-            hw = _checked(adapter.extract(module), adapter, name)
+            hw = _checked(adapter.extract(module), adapter, name, expand_kv)
         yield dataclasses.replace(hw, name=name, layer=i)
 
 
@@ -58,7 +59,7 @@ def _attention_modules(root: nn.Module) -> Iterator[tuple[str, nn.Module, Adapte
         stack.extend(reversed(children))
 
 
-def _checked(hw: HeadWeights, adapter: Adapter, name: str) -> HeadWeights:
+def _checked(hw: HeadWeights, adapter: Adapter, name: str, expand: bool = True) -> HeadWeights:
     """Detach every tensor, expand grouped K/V heads and check the shapes agree."""
     if not isinstance(hw, HeadWeights):
         raise TypeError(
@@ -74,14 +75,18 @@ def _checked(hw: HeadWeights, adapter: Adapter, name: str) -> HeadWeights:
     H, D, dh = fields["W_Q"].shape  # [H, D, dh]
     n_kv = fields["W_K"].shape[0] if fields["W_K"].shape[0] != H else hw.n_kv_heads
     for f in ("W_K", "W_V", "b_K", "b_V"):
-        fields[f] = expand_kv(fields[f], H)
+        if expand or fields[f] is None or fields[f].shape[0] == H:
+            fields[f] = expand_kv(fields[f], H)
+        elif H % fields[f].shape[0]:
+            raise ValueError(f"{H} query heads cannot share {fields[f].shape[0]} key/value heads")
+    H_kv = fields["W_K"].shape[0]  # H once expanded
     expected = {
-        "W_K": (H, None, dh),  # keys may live in another space (cross-attention, kdim)
-        "W_V": (H, None, dh),
+        "W_K": (H_kv, None, dh),  # keys may live in another space (cross-attention, kdim)
+        "W_V": (H_kv, None, dh),
         "W_O": (H, dh, D),
         "b_Q": (H, dh),
-        "b_K": (H, dh),
-        "b_V": (H, dh),
+        "b_K": (H_kv, dh),
+        "b_V": (H_kv, dh),
         "b_O": (D,),
     }
     for f, shape in expected.items():

@@ -64,14 +64,21 @@ def layer_factors(hw: HeadWeights) -> tuple[dict[str, Tensor], dict[str, Tensor 
     index: dict[str, Tensor | None] = {f: None for f in factors}
     if n_kv and n_kv < H and H % n_kv == 0:
         group = H // n_kv
-        for f in ("K", "V"):  # expanded by repeat_interleave: every group-th head is distinct
-            factors[f] = factors[f][::group]  # [H_kv, D', dh]
+        for f in ("K", "V"):  # every group-th head is distinct when expanded by repeat_interleave
+            if factors[f].shape[0] == H:
+                factors[f] = factors[f][::group]  # [H_kv, D', dh]
             index[f] = torch.arange(H, device=hw.W_Q.device) // group  # [H]
     return factors, index
 
 
 def _take(t: Tensor, idx: Tensor | None) -> Tensor:
+    """Per query head: ``t`` itself, or its grouped K/V heads gathered by ``idx``."""
     return t if idx is None else t[idx]
+
+
+def _rows(t: Tensor, idx: Tensor | None, heads: Tensor) -> Tensor:
+    """``_take(t, idx)[heads]`` without gathering every head first."""
+    return t[heads.to(t.device)] if idx is None else t[idx[heads].to(t.device)]
 
 
 def _block_sums(M: Tensor) -> Tensor:
@@ -168,22 +175,22 @@ def layer_pass(
     state_X: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
     for circuit, (fa, fb) in _CIRCUIT_FACTORS.items():
         ia, ib = index[fa], index[fb]
-        A, B = _take(factors[fa], ia), _take(factors[fb], ib)  # [H, D, dh] views or gathers
+        Fa, Fb = factors[fa], factors[fb]  # distinct heads; _rows picks query heads lazily
         R_A, R_B = _take(chols[fa].R, ia), _take(chols[fb].R, ib)
         nan_heads = _take(nonfinite[fa], ia) | _take(nonfinite[fb], ib)  # [H]
         result.nonfinite[circuit] = nan_heads
         ok = _take(chols[fa].ok, ia) & _take(chols[fb].ok, ib) | nan_heads  # [H]
-        if A.shape[-2] < A.shape[-1] or B.shape[-2] < B.shape[-1]:
+        if Fa.shape[-2] < Fa.shape[-1] or Fb.shape[-2] < Fb.shape[-1]:
             ok = torch.zeros_like(ok)
         bad = (~ok).nonzero(as_tuple=True)[0]  # sync point: which heads take the QR path
         if bad.numel():
             R_A, R_B = R_A.clone(), R_B.clone()
-            for R, F in ((R_A, A), (R_B, B)):
-                r = qr_factor(F[bad])  # [n_bad, r, dh]
+            for R, F, i in ((R_A, Fa, ia), (R_B, Fb, ib)):
+                r = qr_factor(_rows(F, i, bad))  # [n_bad, r, dh]
                 R[bad] = 0
                 R[bad, : r.shape[-2]] = r
         core = R_A @ R_B.mT  # [H, dh, dh] float64
-        wd = working_dtype(A, B)
+        wd = working_dtype(Fa, Fb)
         if not (track or vectors):
             s = torch.linalg.svdvals(core)  # [H, dh]
             result.spectra[circuit] = s.masked_fill(nan_heads[:, None], math.nan).to(wd)
@@ -195,7 +202,7 @@ def layer_pass(
         X_A = eye_a @ u  # [H, dh, r]: U = A X_A on Gram-path heads
         X_B = eye_b @ vh.mT  # [H, dh, r]: V = B X_B
         if vectors:
-            result.svd[circuit] = _vectors(A, B, X_A, X_B, s, ok, bad)
+            result.svd[circuit] = _vectors(_take(Fa, ia), _take(Fb, ib), X_A, X_B, s, bad)
         if not track:
             continue
         state_X[circuit] = (X_A, X_B, ok)
@@ -210,10 +217,10 @@ def layer_pass(
             slow = (~both).nonzero(as_tuple=True)[0]  # sync point
             if slow.numel():
                 M_U, M_V = M_U.clone(), M_V.clone()
-                A0 = _take(old["F"][fa].to(A.device), ia)[slow]
-                B0 = _take(old["F"][fb].to(A.device), ib)[slow]
+                A0 = _rows(old["F"][fa], ia, slow).to(Fa.device)
+                B0 = _rows(old["F"][fb], ib, slow).to(Fa.device)
                 U0, _, V0 = _explicit_bases(A0, B0)
-                U1, _, V1 = _explicit_bases(A[slow], B[slow])
+                U1, _, V1 = _explicit_bases(_rows(Fa, ia, slow), _rows(Fb, ib, slow))
                 M_U[slow] = U0.mT @ U1
                 M_V[slow] = V0.mT @ V1
             nan = nan_heads[:, None]
@@ -244,7 +251,7 @@ def layer_pass(
 
 
 def _vectors(
-    A: Tensor, B: Tensor, X_A: Tensor, X_B: Tensor, s: Tensor, ok: Tensor, bad: Tensor
+    A: Tensor, B: Tensor, X_A: Tensor, X_B: Tensor, s: Tensor, bad: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Explicit ``U, S, V`` (``[H, D, r]``) in the factors' working dtype."""
     wd = working_dtype(A, B)

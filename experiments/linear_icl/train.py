@@ -90,7 +90,8 @@ def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool) -> dict:
     seconds_setup = time.perf_counter() - t_start
 
     plateau_det = detector(cfg)
-    metrics: dict[Any, Any] = {KQ_SPECTRA: None, "norms": None}
+    # no per-head economy metrics: LinearICL has no attention module the adapters read
+    metrics: dict[Any, Any] = {"economy": False, KQ_SPECTRA: None, "norms": None}
     if cfg.sharpness_every:
         metrics["sharpness"] = dynmon.every(cfg.sharpness_every)
     mon = dynmon.Monitor(
