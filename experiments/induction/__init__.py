@@ -1,12 +1,16 @@
 """Induction pack: attention-only transformers (1 to 4 layers) learn to copy repeated segments.
 
 A TransformerLens 4 native attention-only model trains on random tokens with a random segment
-written twice (docs/packs.md#induction). Once a previous-token head and an induction head
-compose, the loss on the repeated tokens falls off a cliff (in-context learning). The pack
-measures the task (losses on first vs repeated tokens, ICL score, induction / previous-token /
-copying score per head), detects the emergence online with dynmon's event detectors, and
-measures when the heads' QK and OV subspaces settle and how long before the emergence (the seed
-paper's Figure 5 claim).
+written twice (docs/packs.md#induction). When the layer-1 heads become induction heads (score
+≈ 0.7), the loss on the repeated tokens falls off a cliff (in-context learning). No
+previous-token head forms on this task: the layer-0 heads attend near-uniformly over the context
+or to their own position (previous-token score ≈ 0.06, the level of uniform attention; the score
+reads > 0.9 on a hand-built previous-token head, tests/test_head_roles.py), so the induction
+heads find the earlier occurrence through that mixed context, not through a previous-token head.
+The pack measures the task with dynmon's ``head_roles`` metric (losses on first vs repeated
+tokens, ICL score, induction / previous-token / copying score per head), detects the emergence
+online with dynmon's event detectors, and measures when the heads' QK and OV subspaces settle
+and how long before the emergence (the seed paper's Figure 5 claim).
 
     from dynmon.experiments import induction
     summary = induction.run(induction.PRESETS["quick"], "runs/induction")
