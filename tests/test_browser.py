@@ -10,6 +10,7 @@ a missing browser fails instead of skipping.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -164,7 +165,9 @@ def test_hovering_an_event_shows_its_text(browser, grokking_run, tmp_path):
         label.wait_for(timeout=5_000)
         text = label.text_content()
         plot.screenshot(path=tmp_path / "event_hover.png")
-        assert "memorization at step 100" in text and "training set memorised" in text
+        logged = [json.loads(x) for x in (grokking_run / "events.jsonl").read_text().splitlines()]
+        event = next(e for e in logged if e["kind"] == "memorization")  # what the run recorded
+        assert f"memorization at step {event['at']}" in text and event["message"] in text
         assert errors == []
     finally:
         page.close()
