@@ -40,21 +40,47 @@ RANK_LABELS = {
     "subspace_dist_ref": "subspace dist. (reference)",
     "subspace_dist_final": "dist. to final (seed paper)",
 }
+# Okabe-Ito colours (distinguishable with every common colour-vision deficiency), with a line
+# style per kind so that no two kinds look alike even in grey
 EVENT_COLORS = {
-    "cliff": "#d62728",
-    "onset": "#2ca02c",
-    "memorization": "#9467bd",
-    "grokking": "#ff7f0e",
-    "metric_error": "#444444",
-    "saturation": "#17becf",
-    "circuit_formation": "#1f77b4",
-    "circuit_formation_online": "#aec7e8",
-    "cleanup": "#e377c2",
-    "generalization": "#bcbd22",
-    "rise": "#98df8a",
+    "cliff": "#D55E00",
+    "rise": "#CC79A7",
+    "onset": "#009E73",
+    "saturation": "#56B4E9",
+    "memorization": "#E69F00",
+    "circuit_formation": "#009E73",
+    "circuit_formation_online": "#009E73",
+    "cleanup": "#CC79A7",
+    "grokking": "#0072B2",
+    "generalization": "#0072B2",
+    "metric_error": "#000000",
 }
-OTHER_EVENT_COLOR = "#8c564b"
+EVENT_STYLES = {
+    "cliff": "-",
+    "rise": (0, (5, 2)),
+    "onset": "-.",
+    "saturation": ":",
+    "grokking": "-",
+    "generalization": "--",
+    "circuit_formation_online": (0, (1, 1)),
+    "metric_error": ":",
+}
+OTHER_EVENT_COLOR = "#7F7F7F"
 PLATEAU_COLOR = "#7f7f7f"
+# phases of a grokking run, as bands: (name, colour, event that opens it, events that close it)
+PHASES = (
+    ("memorisation", "#E69F00", None, ("memorization",)),
+    (
+        "circuit formation",
+        "#009E73",
+        "circuit_formation",
+        ("cleanup", "grokking", "generalization"),
+    ),
+    ("cleanup", "#CC79A7", "cleanup", ("grokking", "generalization")),
+)
+PHASE_KINDS = ("memorization", "circuit_formation", "cleanup")  # drawn as bands, not lines
+CURVE_KINDS = ("cliff", "rise", "onset", "saturation", "plateau_start", "plateau_end", "nan")
+LR_KEYS = ("lr", "learning_rate")
 CIRCUIT_STYLE = {"QK": "-", "OV": "--"}
 STYLE = {
     "font.size": 9,
@@ -252,8 +278,8 @@ def _plot_noisy(ax, steps: np.ndarray, values: np.ndarray, label: str, color) ->
         ax.plot(steps, values, color=color, label=label, marker="." if len(values) < 40 else None)
 
 
-def _auto_log(ax, *value_arrays: np.ndarray, ratio: float = 30.0) -> None:
-    """Log y when every value is positive and max/min exceeds ``ratio`` (1.5 decades)."""
+def _auto_log(ax, *value_arrays: np.ndarray, ratio: float = 100.0) -> None:
+    """Log y when every value is positive and max/min exceeds ``ratio`` (two decades)."""
     arrays = [np.asarray(v, dtype=float) for v in value_arrays]
     finite = np.concatenate([v[np.isfinite(v)] for v in arrays]) if arrays else np.empty(0)
     if not (len(finite) and finite.min() > 0 and finite.max() / finite.min() > ratio):
@@ -272,8 +298,8 @@ def _minor_label(v: float, _pos: object) -> str:
     return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 3, 5) else ""
 
 
-def _plateaus(events: list[dict[str, Any]], end: float) -> list[tuple[float, float]]:
-    """``(start, end)`` of each plateau, paired per key; an open one runs to ``end``."""
+def _plateaus(events: list[dict[str, Any]], end: float) -> list[tuple[str, float, float]]:
+    """``(key, start, end)`` of each plateau, paired per key; an open one runs to ``end``."""
     open_at: dict[str, float] = {}
     spans = []
     for e in events:
@@ -281,48 +307,104 @@ def _plateaus(events: list[dict[str, Any]], end: float) -> list[tuple[float, flo
         if e["kind"] == "plateau_start":
             open_at.setdefault(key, e["step"])
         elif e["kind"] == "plateau_end" and key in open_at:
-            spans.append((open_at.pop(key), e["step"]))
-    spans += [(start, end) for start in open_at.values()]
+            spans.append((key, open_at.pop(key), e["step"]))
+    spans += [(key, start, end) for key, start in open_at.items()]
     return spans
 
 
-def _draw_events(axes: Iterable, events: list[dict[str, Any]], end: float, label_top: bool) -> list:
-    """Plateaus shaded, other events as vertical lines across every axis; returns legend handles."""
-    from matplotlib.lines import Line2D
+def _phases(events: list[dict[str, Any]], first: float) -> list[tuple[str, str, float, float]]:
+    """``(name, colour, start, end)`` of the phases the run's events bound (see ``PHASES``): a
+    phase opens at its event (the run's first step for memorisation) and closes at the first of
+    its closing events after it; one that never closes is not drawn."""
+    at: dict[str, float] = {}
+    for e in events:
+        at.setdefault(e["kind"], e["step"])
+    spans = []
+    for name, color, opens, closes in PHASES:
+        a = first if opens is None else at.get(opens)
+        ends = [at[k] for k in closes if k in at and a is not None and at[k] > a]
+        if a is not None and ends:
+            spans.append((name, color, a, min(ends)))
+    return spans
+
+
+def _event_label(e: dict[str, Any]) -> str:
+    key = e.get("key")
+    kind = e["kind"].replace("_", " ")
+    return f"{kind} ({key})" if key and e["kind"] in CURVE_KINDS else kind
+
+
+def _mark(ax, e: dict[str, Any], alpha: float = 0.9):
+    color = EVENT_COLORS.get(e["kind"], OTHER_EVENT_COLOR)
+    style = EVENT_STYLES.get(e["kind"], "--")
+    width = 1.6 if e["kind"] in ("grokking", "generalization") else 1.0
+    return ax.axvline(
+        e["step"], color=color, linestyle=style, linewidth=width, alpha=alpha, label=_event_label(e)
+    )
+
+
+def _annotate(ax, run: Run, keys: Iterable[str] = (), name_phases: bool = False) -> list:
+    """Phases as named bands, the events of the curves ``keys`` drawn on this panel (each
+    labelled with its curve), plateaus of those curves shaded, and run-level events (grokking,
+    a metric error, no curve of their own here) as lines; returns their legend handles."""
     from matplotlib.patches import Patch
 
-    axes = list(axes)
-    spans = _plateaus(events, end)
-    marks = [e for e in events if not e["kind"].startswith("plateau")]
-    for ax in axes:
-        for a, b in spans:
-            ax.axvspan(a, b, color=PLATEAU_COLOR, alpha=0.12, linewidth=0, zorder=0)
-        for e in marks:
-            color = EVENT_COLORS.get(e["kind"], OTHER_EVENT_COLOR)
-            style = ":" if e["kind"] == "metric_error" else "--"
-            ax.axvline(e["step"], color=color, linestyle=style, linewidth=1.0, alpha=0.85)
-    if label_top and axes and len(marks) <= 12:
-        for e in marks:
-            axes[0].annotate(
-                e["kind"],
-                xy=(e["step"], 1.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(2, -3),
-                textcoords="offset points",
-                rotation=90,
-                va="top",
-                ha="left",
-                fontsize=7,
-                color=EVENT_COLORS.get(e["kind"], OTHER_EVENT_COLOR),
-            )
+    keys = set(keys)
+    events = _events(run)
     handles: list = []
-    if spans:
-        handles.append(Patch(color=PLATEAU_COLOR, alpha=0.25, label="plateau"))
-    for kind in dict.fromkeys(e["kind"] for e in marks):
-        color = EVENT_COLORS.get(kind, OTHER_EVENT_COLOR)
-        style = ":" if kind == "metric_error" else "--"
-        handles.append(Line2D([], [], color=color, linestyle=style, label=kind))
+    first, last = _first_step(run), _last_step(run)
+    for name, color, a, b in _phases(events, first):
+        ax.axvspan(a, b, color=color, alpha=0.13, linewidth=0, zorder=0)
+        handles.append(Patch(color=color, alpha=0.3, label=f"{name} phase"))
+        if name_phases:
+            ax.annotate(
+                name, xy=((a + b) / 2, 1.0), xycoords=("data", "axes fraction"),
+                xytext=(0, -2), textcoords="offset points", ha="center", va="top",
+                fontsize=7, color=color, fontweight="bold",
+            )  # fmt: skip
+    for key, a, b in _plateaus(events, last):
+        if key in keys:
+            ax.axvspan(a, b, facecolor="none", edgecolor=PLATEAU_COLOR, hatch="///", alpha=0.35,
+                       linewidth=0, zorder=0)  # fmt: skip
+            handles.append(
+                Patch(
+                    facecolor="none", edgecolor=PLATEAU_COLOR, hatch="///", label=f"plateau ({key})"
+                )
+            )
+    seen: set[str] = set()
+    for e in events:
+        kind, key = e["kind"], e.get("key")
+        if kind.startswith("plateau") or kind in PHASE_KINDS:
+            continue
+        mine = key in keys if kind in CURVE_KINDS else True  # run-level: every panel
+        if kind in CURVE_KINDS and key not in run.keys():
+            mine = True  # an event on a curve no figure draws: show it everywhere
+        if not mine:
+            continue
+        line = _mark(ax, e)
+        if line.get_label() not in seen:
+            seen.add(line.get_label())
+            handles.append(line)
     return handles
+
+
+def _legend(ax, extra: list, **kw: Any) -> None:
+    """One legend per panel, outside on the right: the panel's lines, then its events."""
+    handles, labels = ax.get_legend_handles_labels()
+    shown = dict(zip(labels, handles, strict=True))
+    for h in extra:
+        shown.setdefault(h.get_label(), h)
+    shown = {k: v for k, v in shown.items() if not k.startswith("_")}
+    if shown:
+        ax.legend(
+            list(shown.values()), list(shown), loc="upper left", bbox_to_anchor=(1.0, 1.02),
+            fontsize=7, handlelength=2.2, **kw,
+        )  # fmt: skip
+
+
+def _first_step(run: Run) -> float:
+    steps = [r["step"] for r in run.metrics]
+    return float(min(steps)) if steps else 0.0
 
 
 def _last_step(run: Run) -> float:
@@ -330,38 +412,65 @@ def _last_step(run: Run) -> float:
     return float(max(steps)) if steps else 0.0
 
 
-def _finish(axes, run: Run, events: bool = True, label_top: bool = True) -> list:
-    """Events on every panel, ``step`` on the bottom axis, x limits over the whole run."""
+def _finish(axes, run: Run, keys: list[Iterable[str]] | None = None, events: bool = True) -> None:
+    """Per panel: its events and legend; ``step`` on the bottom axis; x over the whole run.
+
+    ``keys`` lists, per panel (row-major), the curves it draws, so each panel shows only its
+    own curves' events (run-level events and phases go on every panel)."""
     flat = list(np.ravel(axes))
-    handles = _draw_events(flat, _events(run), _last_step(run), label_top) if events else []
-    steps = [r["step"] for r in run.metrics]
-    if steps and max(steps) > min(steps):
-        flat[0].set_xlim(min(steps), max(steps))
+    for i, ax in enumerate(flat):
+        if not ax.get_visible():
+            continue
+        extra = _annotate(ax, run, keys[i] if keys else (), name_phases=i == 0) if events else []
+        _legend(ax, extra)
+    first, last = _first_step(run), _last_step(run)
+    if last > first:
+        flat[0].set_xlim(first, last)
     for ax in np.atleast_2d(axes)[-1]:
         ax.set_xlabel("step")
-    return handles
 
 
 # -- the figures ----------------------------------------------------------------------------------
+def _same_curves(run: Run, keys: list[str]) -> dict[str, list[str]]:
+    """Keys whose series are identical, kept once: ``{kept: [the others]}`` (the longest name is
+    kept: ``train/loss`` over ``loss``)."""
+    kept: dict[str, list[str]] = {}
+    for k in sorted(keys, key=lambda k: (-len(k), k)):
+        steps, values = run.series(k)
+        for other in kept:
+            s2, v2 = run.series(other)
+            if (
+                len(s2) == len(steps)
+                and np.array_equal(s2, steps)
+                and np.allclose(v2, values, rtol=1e-12, atol=0.0, equal_nan=True)
+            ):
+                kept[other].append(k)
+                break
+        else:
+            kept[k] = []
+    return kept
+
+
 def _loss_groups(run: Run) -> list[tuple[str, str, list[str]]]:
-    """The run's own scalars as panels ``(kind, y label, keys)``: losses, values in [0, 1]
-    (accuracies), then up to four others, one panel each."""
-    losses, fractions, rest = [], [], []
+    """The run's own scalars as panels ``(kind, y label, keys)``: losses, accuracies, other values
+    in [0, 1], then up to four others, one panel each. A curve logged twice under two names is
+    drawn once; learning rates are left out (a flat line; the curvature figure uses them)."""
+    losses, accs, fractions, rest = [], [], [], []
     for k in _user_keys(run):
         s = _series(run, k)
-        if s is None:
+        if s is None or k.lower().rsplit("/", 1)[-1] in LR_KEYS:
             continue
         if "loss" in k.lower() or k.lower() in ("ppl", "perplexity"):
             losses.append(k)
         elif np.nanmin(s[1]) >= 0 and np.nanmax(s[1]) <= 1:
-            fractions.append(k)
+            (accs if "acc" in k.lower() else fractions).append(k)
         else:
             rest.append(k)
     groups = [("loss", "loss", losses)] if losses else []
+    if accs:
+        groups.append(("fraction", accs[0] if len(accs) == 1 else "accuracy", accs))
     if fractions:
-        accuracy = all("acc" in k.lower() for k in fractions)
-        label = fractions[0] if len(fractions) == 1 else ("accuracy" if accuracy else "value")
-        groups.append(("fraction", label, fractions))
+        groups.append(("fraction", fractions[0] if len(fractions) == 1 else "value", fractions))
     groups += [("other", k, [k]) for k in rest[:4]]
     return groups
 
@@ -371,28 +480,53 @@ def _draw_loss(run: Run):
     if not groups:
         return None
     fig, axes = _figure(len(groups), height=2.6 if len(groups) == 1 else 2.0)
+    panel_keys = []
     for ax, (kind, ylabel, keys) in zip(axes[:, 0], groups, strict=True):
         values = []
-        for i, k in enumerate(keys):
+        kept = _same_curves(run, keys)
+        for i, (k, twins) in enumerate(kept.items()):
             steps, v = _series(run, k)
-            _plot_noisy(ax, steps, v, k, f"C{i % 10}")
+            label = k + (f" (= {', '.join(twins)})" if twins else "")
+            _plot_noisy(ax, steps, v, label, _LINE_COLORS[i % len(_LINE_COLORS)])
             values.append(v)
-        if kind == "loss":
-            _auto_log(ax, *values)
-        elif kind == "fraction":
+        if kind == "fraction":
             ax.set_ylim(-0.03, 1.03)
+        else:
+            _auto_log(ax, *values)
         ax.set_ylabel(ylabel)
-        if len(keys) > 1 or kind == "loss":
-            ax.legend(loc="upper right")
-    handles = _finish(axes, run)
-    if handles:
-        axes[-1, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        panel_keys.append(keys)
+    _finish(axes, run, panel_keys)
     fig.suptitle(f"{run.name}: learning curves and detected events")
     return fig
 
 
+# curve colours: dark shades kept apart from the (brighter) event colours
+_LINE_COLORS = ["#000000", "#1F4E79", "#7B3294", "#5A5A5A", "#8C510A", "#01665E", "#C51B7D"]
+
+
+def _per_100_steps(steps: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A distance between consecutive looks as a rate: ``value × 100 / gap`` (the first look,
+    with no gap before it, is NaN), so looks 13 and 49 steps apart read on one scale."""
+    gaps = np.diff(steps.astype(float), prepend=np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(gaps > 0, 100.0 / gaps, np.nan)
+    return values * scale.reshape((-1,) + (1,) * (values.ndim - 1))
+
+
+# how each per-head metric is drawn: (y label, transform of (steps, values) or None)
+METRIC_VIEWS: dict[str, tuple[str, Callable | None]] = {
+    "subspace_dist_ref": ("distance to the reference look", None),
+    "subspace_dist": ("distance per 100 steps (between looks)", _per_100_steps),
+    "subspace_dist_final": ("distance to the final matrix", None),
+}
+
+
+def _view(metric: str) -> tuple[str, Callable | None]:
+    return METRIC_VIEWS.get(metric, (RANK_LABELS.get(metric, metric), None))
+
+
 def _draw_layer_lines(run: Run, metrics: Iterable[str], title: str):
-    """Rows of metrics, columns of circuits: one line per layer, the overall mean dashed."""
+    """Rows of metrics, columns of circuits: one line per layer, the overall mean dotted."""
     found = [(m, _layer_means(run, m)) for m in metrics]
     found = [(m, by_circuit) for m, by_circuit in found if by_circuit]
     if not found:
@@ -400,23 +534,29 @@ def _draw_layer_lines(run: Run, metrics: Iterable[str], title: str):
     circuits = list(dict.fromkeys(c for _, by_circuit in found for c in by_circuit))
     fig, axes = _figure(len(found), len(circuits), height=2.2)
     for row, (metric, by_circuit) in enumerate(found):
+        label, transform = _view(metric)
         for col, circuit in enumerate(circuits):
             ax = axes[row, col]
-            ax.set_title(f"{circuit}: {RANK_LABELS.get(metric, metric)}")
+            ax.set_title(f"{circuit}: {label}")
             if circuit not in by_circuit:
                 ax.set_visible(False)
                 continue
             steps, values = by_circuit[circuit]
+            if transform is not None:
+                values = transform(steps, values)
             colors = _layer_colors(values.shape[1])
             for layer in range(values.shape[1]):
                 ax.plot(steps, values[:, layer], color=colors[layer], label=f"L{layer}")
             overall = _series(run, f"dynmon/{metric}/{circuit}")
             if overall is not None:
-                ax.plot(*overall, color="black", linestyle=":", linewidth=1.2, label="mean")
+                o_steps, o_values = overall
+                if transform is not None:
+                    o_values = transform(o_steps, o_values)
+                ax.plot(o_steps, o_values, color="black", linestyle=":", linewidth=1.2,
+                        label="mean")  # fmt: skip
             if col == 0:
-                ax.set_ylabel(RANK_LABELS.get(metric, metric).split(" (")[0])
-    _finish(axes, run, label_top=False)
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), title="layer")
+                ax.set_ylabel(label.split(" (")[0] if len(label) > 24 else label, fontsize=8)
+    _finish(axes, run)
     fig.suptitle(f"{run.name}: {title}")
     return fig
 
@@ -428,18 +568,42 @@ def _draw_ranks(run: Run):
 def _draw_subspace(run: Run):
     return _draw_layer_lines(
         run,
-        ("subspace_dist", "subspace_dist_ref", "subspace_dist_final"),
-        "per-layer mean subspace distance (0 to 1)",
+        ("subspace_dist_ref", "subspace_dist", "subspace_dist_final"),
+        "per-layer mean distance of each head's top subspaces (0 to 1)",
     )
 
 
-def _draw_head_heatmaps(run: Run, metric: str, label: str, cmap: str, vmin=None, vmax=None):
-    """One panel per circuit: heads (``L0.H0``...) down, steps across, a colorbar each."""
+def _robust_limits(
+    values: np.ndarray, widths: np.ndarray | None = None
+) -> tuple[float, float] | tuple[None, None]:
+    """Colour limits at the 2nd and 98th percentiles of ``values`` [rows, T], each column
+    weighted by the steps it spans (``widths`` [T]), so that a flash over the first few, densely
+    spaced looks cannot turn the rest of a heatmap black."""
+    w = np.ones(values.shape[-1]) if widths is None else np.asarray(widths, dtype=float)
+    w = np.broadcast_to(w, values.shape)
+    ok = np.isfinite(values)
+    if not ok.any():
+        return None, None
+    v, w = values[ok], w[ok]
+    order = np.argsort(v)
+    v, cum = v[order], np.cumsum(w[order])
+    lo, hi = np.interp([0.02 * cum[-1], 0.98 * cum[-1]], cum, v)
+    if hi <= lo:
+        lo, hi = float(v[0]), float(v[-1]) + 1e-12
+    return float(lo), float(hi)
+
+
+def _draw_head_heatmaps(run: Run, metric: str, cmap: str):
+    """One panel per circuit: heads (``L0.H0``...) down, steps across, a colorbar each, its
+    colour scale from that panel's own values (2nd-98th percentile; the ends say so)."""
+    label, transform = _view(metric)
     circuits = []
     for c in _circuits(run, metric):
         grid = _head_grid(run, metric, c)
         if grid is not None and np.isfinite(grid[1]).any():
-            circuits.append((c, grid))
+            steps, values = grid
+            circuits.append((c, (steps, transform(steps, values) if transform else values)))
+    circuits = [(c, g) for c, g in circuits if np.isfinite(g[1]).any()]
     if not circuits:
         return None
     n_rows = circuits[0][1][1].shape[1] * circuits[0][1][1].shape[2]
@@ -448,10 +612,11 @@ def _draw_head_heatmaps(run: Run, metric: str, label: str, cmap: str, vmin=None,
     for ax, (circuit, (steps, grid)) in zip(axes[:, 0], circuits, strict=True):
         T, L, H = grid.shape
         image = grid.reshape(T, L * H).T  # [L*H, T]: one row per head, layer-major
-        edges = _edges(steps)
+        vmin, vmax = _robust_limits(image, np.diff(_edges(steps)))
         mesh = ax.pcolormesh(
-            edges, np.arange(L * H + 1), image, cmap=cmap, vmin=vmin, vmax=vmax, shading="flat"
-        )
+            _edges(steps), np.arange(L * H + 1), image, cmap=cmap, vmin=vmin, vmax=vmax,
+            shading="flat",
+        )  # fmt: skip
         ax.set_ylim(L * H, 0)  # L0.H0 at the top
         for layer in range(1, L):
             ax.axhline(layer * H, color="white", linewidth=1.2)
@@ -463,12 +628,16 @@ def _draw_head_heatmaps(run: Run, metric: str, label: str, cmap: str, vmin=None,
         ax.grid(False)
         ax.set_title(f"{circuit}: {label} per head")
         ax.set_ylabel("head")
-        fig.colorbar(mesh, ax=ax, label=label, pad=0.01, fraction=0.04)
+        bar = fig.colorbar(mesh, ax=ax, pad=0.01, fraction=0.04, extend="both")
+        bar.set_label(f"{label}\n(2nd-98th percentile)", fontsize=7)
     _finish(axes, run, events=False)
     lo, hi = axes[0, 0].get_xlim()
     edges = np.concatenate([_edges(steps) for _, (steps, _) in circuits])
     axes[0, 0].set_xlim(min(lo, edges.min()), max(hi, edges.max()))  # first and last cells whole
-    _mark_events_on_heatmaps(axes[:, 0], _events(run))
+    handles = _mark_events_on_heatmaps(axes[:, 0], run)
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)),
+                   fontsize=7)  # fmt: skip
     fig.suptitle(f"{run.name}: {label} of every head over time")
     return fig
 
@@ -482,33 +651,42 @@ def _edges(steps: np.ndarray) -> np.ndarray:
     return np.concatenate([[s[0] - (mid[0] - s[0])], mid, [s[-1] + (s[-1] - mid[-1])]])
 
 
-def _mark_events_on_heatmaps(axes, events: list[dict[str, Any]]) -> None:
-    """Event lines (no shading: it would hide the colours) over heatmaps."""
-    for ax in axes:
-        for e in events:
-            if e["kind"].startswith("plateau"):
-                continue
+def _mark_events_on_heatmaps(axes, run: Run) -> list:
+    """Phase boundaries and run-level events as lines over heatmaps (no shading: it would hide
+    the colours; no text on the cells: a legend below says what each line is)."""
+    from matplotlib.lines import Line2D
+
+    events = _events(run)
+    marks = []
+    for name, color, a, _ in _phases(events, _first_step(run)):
+        if a > _first_step(run):  # a phase from the first step needs no line
+            marks.append((a, color, (0, (4, 2)), f"{name} phase starts"))
+    for e in events:
+        if e["kind"] in ("grokking", "generalization") or (
+            e["kind"] not in CURVE_KINDS and e["kind"] not in PHASE_KINDS
+            and not e["kind"].startswith("plateau")
+        ):  # fmt: skip
             color = EVENT_COLORS.get(e["kind"], OTHER_EVENT_COLOR)
-            ax.axvline(e["step"], color=color, linestyle="--", linewidth=1.0)
-            ax.annotate(
-                e["kind"],
-                xy=(e["step"], 0.0),
-                xycoords=("data", "axes fraction"),
-                xytext=(2, 3),
-                textcoords="offset points",
-                fontsize=7,
-                color="white",
-                rotation=90,
-                va="bottom",
-            )
+            marks.append((e["step"], color, EVENT_STYLES.get(e["kind"], "--"), _event_label(e)))
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for step, color, style, label in marks:
+            ax.axvline(step, color="white", linewidth=2.4, alpha=0.8)
+            ax.axvline(step, color=color, linestyle=style, linewidth=1.3)
+            handles.setdefault(label, Line2D([], [], color=color, linestyle=style, label=label))
+    return list(handles.values())
 
 
 def _draw_erank_heads(run: Run):
-    return _draw_head_heatmaps(run, "erank", "effective rank", "viridis")
+    return _draw_head_heatmaps(run, "erank", "viridis")
 
 
 def _draw_subspace_heads(run: Run):
-    return _draw_head_heatmaps(run, "subspace_dist", "subspace distance", "magma", 0.0, 1.0)
+    """Distance to the reference look when logged, else the look-to-look distance per 100 steps."""
+    has_ref = any(n.startswith("dynmon/subspace_dist_ref/") for n in run.array_names()) or any(
+        k.startswith("dynmon/subspace_dist_ref/") for k in run.keys()
+    )
+    return _draw_head_heatmaps(run, "subspace_dist_ref" if has_ref else "subspace_dist", "magma")
 
 
 def _per_matrix(run: Run, metric: str) -> list[str]:
@@ -521,48 +699,54 @@ def _per_matrix(run: Run, metric: str) -> list[str]:
     ]
 
 
-def _draw_norms(run: Run):
-    from matplotlib.lines import Line2D
+def short_param_name(name: str) -> str:
+    """A parameter's state-dict name, shortened for a legend: wrapper segments such as
+    ``_original_component`` (TransformerLens bridges), ``_orig_mod`` (torch.compile) and
+    ``module`` (DDP) dropped, and a trailing ``.weight``."""
+    parts = [p for p in name.split(".") if p not in ("_original_component", "_orig_mod", "module")]
+    if len(parts) > 1 and parts[-1] == "weight":
+        parts = parts[:-1]
+    return ".".join(parts)
 
-    panels = []  # (title, ylabel, all-weights series, per-matrix keys, log y)
-    for title, ylabel, main, metric, log in (
-        ("weight norm, all weights", "‖θ‖", "dynmon/weight_norm", None, False),
-        ("weight norm per matrix", "‖W‖_F", None, "norm", False),
-        ("gradient norm", "‖∇L‖", "dynmon/grad_norm", "grad_norm", True),
-        ("update ratio ‖Δθ‖/‖θ‖", "ratio", "dynmon/update_ratio", "update_ratio", True),
+
+def _draw_norms(run: Run):
+    panels = []  # (title, ylabel, all-weights series, per-matrix keys)
+    for title, ylabel, main, metric in (
+        ("weight norm, all weights", "‖θ‖", "dynmon/weight_norm", None),
+        ("weight norm per matrix", "‖W‖_F", None, "norm"),
+        ("gradient norm", "‖∇L‖", "dynmon/grad_norm", "grad_norm"),
+        ("update ratio ‖Δθ‖/‖θ‖", "ratio", "dynmon/update_ratio", "update_ratio"),
     ):
         total = _series(run, main) if main else None
         per = [k for k in _per_matrix(run, metric) if _series(run, k) is not None] if metric else []
         if total is not None or per:
-            panels.append((title, ylabel, total, per, log))
+            panels.append((title, ylabel, total, per))
     if not panels:
         return None
-    names = list(dict.fromkeys(k.split("/", 2)[2] for *_, per, _ in panels for k in per))
+    names = list(dict.fromkeys(k.split("/", 2)[2] for *_, per in panels for k in per))
     color_of = dict(zip(names, _matrix_colors(len(names)), strict=True))  # same colour everywhere
     fig, axes = _figure(len(panels), height=1.9)
-    legend_drawn = False
-    for ax, (title, ylabel, total, per, log) in zip(axes[:, 0], panels, strict=True):
+    for ax, (title, ylabel, total, per) in zip(axes[:, 0], panels, strict=True):
         for k in per:
             name = k.split("/", 2)[2]
-            ax.plot(*_series(run, k), color=color_of[name], linewidth=0.9, alpha=0.8, label=name)
+            ax.plot(*_series(run, k), color=color_of[name], linewidth=0.9, alpha=0.8,
+                    label=short_param_name(name))  # fmt: skip
         if total is not None:
             ax.plot(*total, color="black", linewidth=1.8, label="all weights")
-        _auto_log(ax, *(line.get_ydata() for line in ax.get_lines()), ratio=30 if log else 8)
-        if per and len(names) > 12:
-            title += f" ({len(per)} matrices" + (", black: all weights)" if total else ")")
-        elif per and not legend_drawn:  # one legend: a colour means one matrix in every panel
-            handles, labels = ax.get_legend_handles_labels()
-            handles += [
-                Line2D([], [], color=color_of[n], label=n) for n in names if n not in labels
-            ]
-            ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.05), fontsize=6.5)
-            legend_drawn = True
-        elif per and total is not None:
-            title += " (black: all weights)"
+        _auto_log(ax, *(line.get_ydata() for line in ax.get_lines()))
+        named_before = any(p[3] for p in panels[: panels.index((title, ylabel, total, per))])
+        if per and (len(names) > 12 or named_before):  # one legend of names: colours stay
+            title += f" ({len(per)} matrices, colours as above)" if named_before else ""
+            if len(names) > 12 and not named_before:
+                title += f" ({len(per)} matrices, coloured in name order)"
+            for line in ax.get_lines():
+                if line.get_label() != "all weights":
+                    line.set_label("_" + line.get_label())
         ax.set_title(title)
         ax.set_ylabel(ylabel)
-    _finish(axes, run, label_top=False)
-    fig.suptitle(f"{run.name}: weight norms, gradient norms and update ratios")
+    _finish(axes, run)
+    drawn = [t.split(",")[0].split(" per ")[0] for t, *_ in panels]
+    fig.suptitle(f"{run.name}: " + ", ".join(dict.fromkeys(drawn)))
     return fig
 
 
@@ -585,57 +769,111 @@ def _curvature_keys(run: Run) -> list[str]:
     ]
 
 
+def _learning_rate(run: Run) -> tuple[np.ndarray, np.ndarray] | float | None:
+    """The run's learning rate: a logged ``lr`` series, else ``lr`` in its configuration."""
+    for k in _user_keys(run):
+        if k.lower().rsplit("/", 1)[-1] in LR_KEYS:
+            s = _series(run, k)
+            if s is not None and np.nanmax(s[1]) > 0:
+                return s
+    cfg = run.config.get("run", run.config) if isinstance(run.config, dict) else {}
+    lr = cfg.get("lr", cfg.get("learning_rate")) if isinstance(cfg, dict) else None
+    return float(lr) if isinstance(lr, (int, float)) and lr > 0 else None
+
+
+def _stability_line(ax, run: Run) -> None:
+    """2/lr, where gradient descent on a quadratic of that curvature stops converging (Cohen et
+    al.'s edge of stability; adaptive optimisers' threshold differs: the line is a reference)."""
+    lr = _learning_rate(run)
+    if lr is None:
+        return
+    label = "2/lr (edge of stability for GD)"
+    if isinstance(lr, float):
+        ax.axhline(2.0 / lr, color="#D55E00", linestyle="--", linewidth=1.2, label=label)
+        return
+    steps, values = lr
+    with np.errstate(divide="ignore"):
+        ax.plot(steps, np.where(values > 0, 2.0 / values, np.nan), color="#D55E00",
+                linestyle="--", linewidth=1.2, label=label)  # fmt: skip
+
+
+def _draw_sharpness(ax, run: Run, key: str) -> None:
+    steps, values = _series(run, key)
+    ax.plot(steps, values, color="#0072B2", marker=".", label=key.split("/", 1)[1])
+    if "sharpness" in key or "lambda_max" in key:
+        ymin, ymax = np.nanmin(values), np.nanmax(values)
+        _stability_line(ax, run)
+        lines = [line.get_ydata() for line in ax.get_lines()]
+        _auto_log(ax, *lines)
+        if ax.get_yscale() != "log":  # keep the data readable: the line may sit far above
+            ax.set_ylim(
+                min(0.0, ymin), max(ymax * 1.1, min(np.nanmax(np.concatenate(lines)), ymax * 3))
+            )
+    else:
+        _auto_log(ax, values)
+
+
 def _draw_curvature(run: Run):
     keys = [k for k in _curvature_keys(run) if _series(run, k) is not None]
     if not keys:
         return None
-    fig, axes = _figure(len(keys), height=1.9)
+    fig, axes = _figure(len(keys), height=2.0)
     for ax, k in zip(axes[:, 0], keys, strict=True):
-        ax.plot(*_series(run, k), color="#1f77b4", marker=".")
+        _draw_sharpness(ax, run, k)
         ax.set_ylabel(k.split("/", 1)[1].replace("_", " "))
-    _finish(axes, run, label_top=False)
-    fig.suptitle(f"{run.name}: curvature of the loss")
+    _finish(axes, run)
+    drawn = ["sharpness against 2/lr" if "sharpness" in k else k.split("/", 1)[1] for k in keys]
+    fig.suptitle(f"{run.name}: curvature of the loss: " + ", ".join(dict.fromkeys(drawn)))
     return fig
 
 
 def _draw_overview(run: Run):
     """Loss on top, then erank, subspace distance and sharpness on one shared time axis."""
     groups = _loss_groups(run)
-    panels: list[tuple[str, Callable]] = []
+    panels: list[tuple[str, Callable, list[str]]] = []  # (y label, draw, curves it shows)
     for kind, ylabel, keys in groups[:2]:  # losses, then accuracies: the curve people know
         if kind in ("loss", "fraction"):
             log = kind == "loss"  # accuracies read best on a linear 0-1 axis
-            panels.append((ylabel, lambda ax, k=keys, lg=log: _overview_loss(ax, run, k, lg)))
-    for metric, ylabel in (("erank", "effective rank"), ("subspace_dist", "subspace dist.")):
+            shown = list(_same_curves(run, keys))[:3]
+            panels.append(
+                (ylabel, lambda ax, k=shown, lg=log: _overview_loss(ax, run, k, lg), shown)
+            )
+    by_circuit = _layer_means(run, "erank")
+    if by_circuit:
+        panels.append(("effective rank", lambda ax, b=by_circuit: _overview_layers(ax, b), []))
+    for metric in ("subspace_dist_ref", "subspace_dist"):
         by_circuit = _layer_means(run, metric)
         if by_circuit:
-            panels.append((ylabel, lambda ax, b=by_circuit: _overview_layers(ax, b)))
+            label, transform = _view(metric)
+            if transform is not None:
+                by_circuit = {c: (s, transform(s, v)) for c, (s, v) in by_circuit.items()}
+            short = "dist. to ref. look" if metric == "subspace_dist_ref" else "dist. / 100 steps"
+            panels.append((short, lambda ax, b=by_circuit: _overview_layers(ax, b), []))
+            break
     sharp = [k for k in _curvature_keys(run) if "sharpness" in k and _series(run, k) is not None]
     if sharp:
-        panels.append(("sharpness", lambda ax: ax.plot(*_series(run, sharp[0]), color="#333")))
+        panels.append(("sharpness", lambda ax: _draw_sharpness(ax, run, sharp[0]), []))
     if len(panels) < 2:  # the loss figure already says everything
         return None
     fig, axes = _figure(len(panels), height=1.55)
-    for ax, (ylabel, draw) in zip(axes[:, 0], panels, strict=True):
+    for ax, (ylabel, draw, _) in zip(axes[:, 0], panels, strict=True):
         draw(ax)
         ax.set_ylabel(ylabel)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    handles = _finish(axes, run)
-    if handles:
-        axes[-1, 0].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _finish(axes, run, [keys for *_, keys in panels])
     fig.suptitle(f"{run.name}: training dynamics on one time axis")
     return fig
 
 
 def _overview_loss(ax, run: Run, keys: list[str], log: bool = True) -> None:
     values = []
-    for i, k in enumerate(keys[:3]):
+    for i, k in enumerate(keys):
         steps, v = _series(run, k)
-        _plot_noisy(ax, steps, v, k, f"C{i}")
+        _plot_noisy(ax, steps, v, k, _LINE_COLORS[i % len(_LINE_COLORS)])
         values.append(v)
     if log:
         _auto_log(ax, *values)
+    else:
+        ax.set_ylim(-0.03, 1.03)
 
 
 def _overview_layers(ax, by_circuit: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -654,15 +892,16 @@ def _overview_layers(ax, by_circuit: dict[str, tuple[np.ndarray, np.ndarray]]) -
             ax.plot(steps, _nanmean(values, axis=1), linestyle=style, label=f"{circuit} mean")
 
 
+# captions name no metric a run may lack: each figure's title says what it holds
 FIGURES: list[tuple[str, Callable[[Run], Any], str]] = [
-    ("overview", _draw_overview, "Loss, effective rank, subspace distance and sharpness."),
-    ("loss", _draw_loss, "Learning curves with detected events."),
+    ("overview", _draw_overview, "Learning curves and the monitor's signals on one time axis."),
+    ("loss", _draw_loss, "Learning curves with detected events and phases."),
     ("erank", _draw_ranks, "Per-layer mean rank of each head's QK and OV circuit."),
     ("erank_heads", _draw_erank_heads, "Effective rank of every head over time."),
     ("subspace", _draw_subspace, "Per-layer mean distance of each head's top subspaces."),
     ("subspace_heads", _draw_subspace_heads, "Subspace distance of every head over time."),
-    ("norms", _draw_norms, "Weight norm, gradient norm and update ratio."),
-    ("curvature", _draw_curvature, "Sharpness and Hessian trace on the probe batch."),
+    ("norms", _draw_norms, "Weight and gradient norms."),
+    ("curvature", _draw_curvature, "Curvature of the loss on the probe batch."),
 ]
 
 
