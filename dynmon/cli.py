@@ -234,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--png",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also draw the static PNG figures into plots/ (with --watch: once, at the end)",
+        default=False,
+        help="also draw the static PNG figures into plots/, for papers (slow on long runs; "
+        "with --watch: once, at the end); `dynmon run` always draws them",
     )
     report.add_argument(
         "--watch",

@@ -158,7 +158,7 @@ def test_tl_run_folder_is_drawn_by_dynmon_report(tl_run, capsys):
     run = load_run(out)
     assert run.config["run"]["steps"] == [0, 10, 20, 30]
     assert run.config["run"]["model"].startswith("transformer_lens")
-    assert main(["report", str(out)]) == 0
+    assert main(["report", str(out), "--png"]) == 0
     assert (out / "index.html").is_file()
     assert (out / "plots" / "erank.png").is_file() and (out / "plots" / "subspace.png").is_file()
 

@@ -23,7 +23,16 @@ try:  # about four times faster than the standard library on float-heavy lines
 except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback
     _fast_loads = json.loads
 
-from dynmon.runfolder import ARRAYS, CONFIG, EVENTS, METRICS, NONFINITE, SUMMARY, restore
+from dynmon.runfolder import (
+    ARRAYS,
+    CONFIG,
+    EVENTS,
+    METRICS,
+    NONFINITE,
+    SUMMARY,
+    restore,
+    step_of,
+)
 
 CHUNK = 16 << 20  # bytes read at a time: bounds the memory a huge file costs while it is read
 
@@ -180,8 +189,14 @@ class RunTail:
         """Rows grouped by their key tuple, each group turned into one float matrix."""
         groups: dict[tuple[str, ...], list[list[Any]]] = {}
         for obj in self._parse(lines):
-            if "step" in obj:
-                groups.setdefault(tuple(obj), []).append(list(obj.values()))
+            if "step" not in obj:
+                continue
+            step = step_of(obj)  # a hand-edited "abc" or a step beyond int64: skipped, counted
+            if step is None:
+                self.bad_lines += 1
+                continue
+            obj["step"] = step
+            groups.setdefault(tuple(obj), []).append(list(obj.values()))
         for keys, rows in groups.items():
             table = _float_table(rows)  # [rows, keys]
             at = keys.index("step")
@@ -199,7 +214,11 @@ class RunTail:
         for obj in self._parse(lines):
             if "step" not in obj:
                 continue
-            step = int(obj.pop("step"))
+            step = step_of(obj)
+            obj.pop("step")
+            if step is None:
+                self.bad_lines += 1
+                continue
             for k, v in obj.items():
                 steps, values = by_name.setdefault(k, ([], []))
                 steps.append(step)
