@@ -417,12 +417,16 @@ def _finish(axes, run: Run, keys: list[Iterable[str]] | None = None, events: boo
 
     ``keys`` lists, per panel (row-major), the curves it draws, so each panel shows only its
     own curves' events (run-level events and phases go on every panel)."""
+    grid = np.atleast_2d(axes)
     flat = list(np.ravel(axes))
+    n_cols = grid.shape[1]
     for i, ax in enumerate(flat):
         if not ax.get_visible():
             continue
         extra = _annotate(ax, run, keys[i] if keys else (), name_phases=i == 0) if events else []
-        _legend(ax, extra)
+        visible = [a for a in grid[i // n_cols] if a.get_visible()]
+        if ax is visible[-1]:  # side by side, the panels of a row share one legend, on the right
+            _legend(ax, extra)
     first, last = _first_step(run), _last_step(run)
     if last > first:
         flat[0].set_xlim(first, last)
@@ -516,7 +520,7 @@ def _per_100_steps(steps: np.ndarray, values: np.ndarray) -> np.ndarray:
 # how each per-head metric is drawn: (y label, transform of (steps, values) or None)
 METRIC_VIEWS: dict[str, tuple[str, Callable | None]] = {
     "subspace_dist_ref": ("distance to the reference look", None),
-    "subspace_dist": ("distance per 100 steps (between looks)", _per_100_steps),
+    "subspace_dist": ("distance per 100 steps", _per_100_steps),
     "subspace_dist_final": ("distance to the final matrix", None),
 }
 
