@@ -1,7 +1,8 @@
 """A plain training loop, not a pack: HF GPT-2 learns the induction task while dynmon watches roles.
 
 ``GPT2LMHeadModel`` (2 layers, 4 heads, n_embd 64, random init, dropout off) trains with AdamW on
-the induction pack's task (64 random tokens from 64, a 24-token segment written twice) with
+the induction pack's task (64 random tokens from 64, a segment written twice; its length drawn
+from 4..24 for each batch, so that only induction predicts the copy) with
 
     Monitor(model, metrics={"economy": None, "head_roles": every(25)})
 
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 LOOK_EVERY = 25
+MIN_SEGMENT = 4  # segment lengths are drawn from 4..24 per batch
 
 
 def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
@@ -35,7 +38,7 @@ def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
 
     import dynmon
 
-    cfg = InductionConfig(seed=seed)  # V=64, T=64, segment 24 written twice, batch 64
+    cfg = InductionConfig(seed=seed)  # V=64, T=64, a segment written twice, batch 64
     torch.manual_seed(seed)  # the model's random init
     config = transformers.GPT2Config(
         n_embd=64,
@@ -61,7 +64,11 @@ def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
     with mon:
         for step in range(steps + 1):
             if step:
-                tokens = make_batch(cfg, g).tokens  # [B, T]
+                # a segment length drawn per batch: with one fixed length (the pack's 24) the
+                # copies sit 24 + gap apart with a few gaps most likely, and GPT-2 learns
+                # heads that look back a fixed 23-24 positions plus an MLP check, not induction
+                S = int(torch.randint(MIN_SEGMENT, cfg.segment_len + 1, (1,), generator=g))
+                tokens = make_batch(replace(cfg, segment_len=S), g).tokens  # [B, T]
                 loss = model(input_ids=tokens, labels=tokens).loss
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
