@@ -39,7 +39,7 @@ from dynmon.adapters.unwrap import unwrap
 from dynmon.keys import key
 from dynmon.linalg import ConvergenceWarning
 from dynmon.metrics.curvature import ParamSpec, _isolated, select_params
-from dynmon.metrics.gradnoise import _batch_size
+from dynmon.metrics.gradnoise import _batch_size, _Loss
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 
 __all__ = ["SGLDConfig", "LLCResult", "sgld_llc", "estimate_llc", "llc_metric", "LLC"]
@@ -201,18 +201,6 @@ def _grads_and_losses(
 
 # --------------------------------------------------------------------------------------------
 # on a model
-
-
-class _Loss(nn.Module):
-    """``loss_fn(model, batch)`` as a module, for ``functional_call``."""
-
-    def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], Tensor]) -> None:
-        super().__init__()
-        self.m = model
-        self.loss_fn = loss_fn
-
-    def forward(self, batch: Any) -> Tensor:
-        return self.loss_fn(self.m, batch)
 
 
 def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
