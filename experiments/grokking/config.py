@@ -11,8 +11,8 @@ loss reaches ~1e-7):
   steps/s with the monitor on an idle machine, so ~35-50 s a run.
 - ``standard``: the same at lr 1e-3, up to 20k steps, stopping 2k steps after grokking.
   Measured here (seeds 0/1/2, without the monitor): train accuracy 100% at 270/220/230, test
-  accuracy >= 95% at 13,250/8,380/2,340 (REFERENCE.md had 3.0k-5.9k on its seeds: the grokking
-  time varies a lot with the seed at this learning rate); ~40 steps/s, so 1-7 min a run.
+  accuracy >= 95% at 13,250/8,380/2,340 (docs/packs.md#grokking has 3.0k-5.9k on its seeds: the
+  grokking time varies a lot with the seed at this learning rate); ~40 steps/s, so 1-7 min a run.
 - ``nanda``: the published configuration (Nanda et al. 2023): p=113, train fraction 0.3,
   d_model 128, 4 heads, d_mlp 512, lr 1e-3, wd 1, betas (0.9, 0.98), 40k full-batch steps.
   A GPU configuration (about 0.11 s per training step on 2 CPU cores): it runs on CUDA when

@@ -1,11 +1,12 @@
 """The linear-ICL pack's one flat, frozen config and its presets.
 
-Models (REFERENCE.md §4-5): ``attn_m`` (merged key-query ``W_h``, H heads), ``attn_s`` (separate
-K, Q of rank R per head), ``linear_transformer`` (Mainali & Teixeira's single layer
-``f(Z) = Z + W^P (Z Zᵀ/N) W^Q Z``). Data: x ~ N(0, Λ) (``spectrum``, optionally ``rotate``d),
-w ~ N(0, I_D), N context pairs; full-batch GD on P fixed sequences (``P > 0``) or SGD on fresh
-batches of ``batch`` sequences (``P = 0``). Loss: mean squared error on y_q, no ½ (as the
-authors' ``nn.MSELoss``); attention sums run over the context without 1/N (as the authors' code).
+Models (docs/packs.md#linear-icl, docs/packs.md#exact-linear-transformer): ``attn_m`` (merged
+key-query ``W_h``, H heads), ``attn_s`` (separate K, Q of rank R per head), ``linear_transformer``
+(Mainali & Teixeira's single layer ``f(Z) = Z + W^P (Z Zᵀ/N) W^Q Z``). Data: x ~ N(0, Λ)
+(``spectrum``, optionally ``rotate``d), w ~ N(0, I_D), N context pairs; full-batch GD on P fixed
+sequences (``P > 0``) or SGD on fresh batches of ``batch`` sequences (``P = 0``). Loss: mean
+squared error on y_q, no ½ (as the authors' ``nn.MSELoss``); attention sums run over the context
+without 1/N (as the authors' code).
 
 ``spectrum`` is text so that ``--set`` can take either a rule or a list: ``linear`` (λ_k ∝ k,
 trace 1: the authors' ``k/Σk``), ``flat`` (λ = 1/D: whitened up to scale) or eigenvalues

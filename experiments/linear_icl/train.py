@@ -232,10 +232,11 @@ def plateaus_from_events(events: list[dict], key: str = "test/loss") -> list[dic
 
 def distinct_plateaus(plateaus: list[dict], final_level: float) -> list[dict]:
     """The long plateaus before the last level: each lasts at least ``LONG_FRAC`` of the first
-    (the escape from the initialisation) and sits above the final theory level. REFERENCE.md §4
-    counts m = 0, R, …, D − R (D/R of them); a plateau where the next pair of an already grown
-    head takes over (m not a multiple of R) is brief, measured here at 0.07-0.16 of the first,
-    against 0.24 and up for a new head's escape. A heuristic: the counts in the tests hold."""
+    (the escape from the initialisation) and sits above the final theory level.
+    docs/packs.md#linear-icl counts m = 0, R, …, D − R (D/R of them); a plateau where the next
+    pair of an already grown head takes over (m not a multiple of R) is brief, measured here at
+    0.07-0.16 of the first, against 0.24 and up for a new head's escape. A heuristic: the counts
+    in the tests hold."""
     if not plateaus:
         return []
     floor = LONG_FRAC * (plateaus[0]["end"] - plateaus[0]["start"])
