@@ -3,7 +3,8 @@ arrays every step), side by side in one run:
 
 * reading the folder: ``RunTail`` (the page's column reader) vs ``dynmon.load_run``, each in its
   own process (wall time, peak RSS), and the ratio;
-* ``dynmon report`` (the page, its default) end to end in a fresh process: wall time, peak RSS, page size;
+* ``dynmon report`` (the page, its default) end to end in a fresh process: wall time, peak RSS,
+  page size;
 * opening the page in headless Chromium from ``file://``: time until every plot is drawn;
 * with ``--png``, also ``dynmon report`` with the static figures (slow: matplotlib over load_run).
 
