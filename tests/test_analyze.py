@@ -11,9 +11,9 @@ import pytest
 import torch
 from scipy.linalg import subspace_angles
 
-from dynmon.analyze import (
+from dynmon.analyze import analyze
+from dynmon.checkpoints import (
     CheckpointError,
-    analyze,
     find_checkpoints,
     load_into,
     load_state_dict,

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import dynmon
-from dynmon.analyze import CheckpointError, analyze
+from dynmon.analyze import analyze
+from dynmon.checkpoints import CheckpointError
 from dynmon.lock import LOCK_NAME, RunFolderBusy
 from dynmon.metrics.spec import HEAD_NEEDS, MetricSpec, Output
 from dynmon.metrics.table import METRICS, PRESETS
