@@ -108,6 +108,19 @@ def _check_groks(seed: int, tmp_path: Path) -> dict:
     for kind in ("circuit_formation", "cleanup"):
         assert kind in first
     assert memorized <= first["circuit_formation"] <= first["cleanup"] <= grokked
+    # no false cliff or plateau: the training loss falls exponentially after memorisation (no
+    # cliff, no plateau); the test loss's one cliff is the grokking drop; every event names its
+    # curve and no onset sits at the first log
+    train = [e for e in events if e.get("key") == "train/loss"]
+    assert not [e for e in train if e["kind"].startswith("plateau") or e["kind"] == "cliff"]
+    cliffs = [e for e in events if e.get("key") == "test/loss" and e["kind"] == "cliff"]
+    assert len(cliffs) == 1 and cliffs[0]["start"] <= grokked <= cliffs[0]["end"], cliffs
+    assert cliffs[0]["to"] < 1e-3 * cliffs[0]["from"]
+    for e in events:
+        if e["kind"] in ("cliff", "rise", "onset", "saturation", "plateau_start", "plateau_end"):
+            assert e["key"] in e["message"]
+        if e["kind"] == "onset":
+            assert e["at"] > 0
     print(
         f"seed {seed}: memorised {memorized} (100% at {perfect}), grokked {grokked}, "
         f"ratio {grokked / perfect:.1f}, circuit {first['circuit_formation']}, cleanup "
