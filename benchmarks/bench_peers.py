@@ -6,10 +6,11 @@
 - grad_noise vs an explicit per-sample loop (one ``.backward()`` per sample, float64), and its
   cost as a multiple of one training step (forward + backward + AdamW on the probe batch).
 - llc vs devinterp (``devinterp.slt.llc.llc``) on a tiny LM with the same SGLD settings and
-  draws, full batch: both estimates with their standard errors over chains, and wall time.
-- Hessian trace and density throughput (Hessian-vector products per second): dynmon's
-  per-vector loop vs its batched products vs curvlinops' batched operator (vmap over columns);
-  PyHessian's per-vector loop beside them.
+  draws, full batch (lr 1e-3, gamma 100, nbeta B/log B, 8 chains x 200 draws): both estimates
+  with their standard errors over chains, and wall time.
+- Hessian trace and density throughput (Hessian-vector products per second) on the tiny LM
+  and the MLP: dynmon's per-vector loop vs its batched products vs curvlinops' batched
+  operator (vmap over columns); PyHessian's per-vector loop beside them.
 - SLQ density accuracy: the 1-Wasserstein distance between the estimated spectral density and
   the exact eigenvalues of the dense float64 Hessian, PyHessian's default budget (1 probe x 100
   Lanczos steps) vs dynmon's, on a 6.9k-parameter MLP and an 11k-parameter 2-layer LM,
@@ -397,38 +398,37 @@ def bench_llc(quick: bool) -> None:
 # 4. trace and density throughput
 
 
-def _curvlinops_operator(model, probe):
+def _curvlinops_operator(peer_model: nn.Module, data: tuple):
     from curvlinops import HessianLinearOperator
 
-    class Flat(nn.Module):  # curvlinops' loss sees [N, V] logits and [N] targets
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            out = self.m(x)
-            return out.reshape(-1, out.shape[-1])
-
-    flat = Flat(model).eval()
-    params = [p for p in flat.parameters() if p.requires_grad]
-    data = [(probe[:, :-1], probe[:, 1:].reshape(-1))]
+    params = [p for p in peer_model.parameters() if p.requires_grad]
     return HessianLinearOperator(
-        flat, nn.CrossEntropyLoss(), params, data, check_deterministic=False
+        peer_model, nn.CrossEntropyLoss(), params, [data], check_deterministic=False
     )
 
 
 def bench_hvp(quick: bool) -> None:
-    print("\n== Hessian trace/density throughput: HVPs per second (tiny LM) ==")
-    model, probe = tiny_lm_and_data()
-    model.eval()
-    num = 32 if quick else 64
-    op = HessianOperator(model, lm_loss, probe)
-    print(f"model: {nparams(model)} parameters; batch {tuple(probe.shape)}; {num} probes")
+    lm, probe = tiny_lm_and_data()
+    mlp, mb = mlp_and_data()
+    lm_data = (probe[:, :-1], probe[:, 1:].reshape(-1))
+    cases = [
+        ("tiny LM", lm.eval(), lm_loss, probe, _FlatLM(copy.deepcopy(lm)), lm_data),
+        ("MLP", mlp, mlp_loss, mb, copy.deepcopy(mlp), mb),
+    ]
+    for case in cases:
+        _hvp_case(*case, num=32 if quick else 64)
+
+
+def _hvp_case(name, model, loss_fn, batch, peer_model, peer_data, num: int) -> None:
+    """HVPs per second: dynmon's loop and batched products, curvlinops, PyHessian."""
+    print(f"\n== Hessian trace/density throughput: HVPs per second ({name}) ==")
+    op = HessianOperator(model, loss_fn, batch)
+    print(f"model: {nparams(model)} parameters; {num} probes")
     rates = {}
 
     def trace(block, batched):
         return lambda: hessian_trace(
-            model, lm_loss, probe, num_probes=num, block_size=block, batched=batched
+            model, loss_fn, batch, num_probes=num, block_size=block, batched=batched
         )
 
     rates["dynmon trace, per-vector loop (CPU default)"] = num / median_time(trace(1, False), 2)
@@ -437,7 +437,7 @@ def bench_hvp(quick: bool) -> None:
     try:
         from curvlinops import hutchinson_trace as cl_trace
 
-        A = _curvlinops_operator(model, probe)
+        A = _curvlinops_operator(peer_model, peer_data)
         with _sdpa_math():  # the fused CPU kernel has no forward-mode AD
             rates["curvlinops trace (vmap, all at once)"] = num / median_time(
                 lambda: cl_trace(A, num), 2
@@ -449,10 +449,7 @@ def bench_hvp(quick: bool) -> None:
 
         with _sdpa_math():  # the fused CPU kernel has no double backward
             h = PyHessian(
-                _FlatLM(copy.deepcopy(model)),
-                nn.CrossEntropyLoss(),
-                data=(probe[:, :-1], probe[:, 1:].reshape(-1)),
-                cuda=False,
+                copy.deepcopy(peer_model), nn.CrossEntropyLoss(), data=peer_data, cuda=False
             )
             rates["PyHessian trace (per-vector loop)"] = num / median_time(
                 lambda: h.trace(maxIter=num, tol=0.0), 1
@@ -460,8 +457,7 @@ def bench_hvp(quick: bool) -> None:
     except Exception as exc:
         print(f"  PyHessian failed: {exc!r}")
     steps = 40
-
-    batched_op = HessianOperator(model, lm_loss, probe, batched=True)
+    batched_op = HessianOperator(model, loss_fn, batch, batched=True)
 
     def density(A, block):
         return lambda: slq_density(A, 4, steps, block_size=block)
@@ -470,8 +466,8 @@ def bench_hvp(quick: bool) -> None:
     rates["dynmon density 4x40, 4 probes batched"] = (
         4 * steps / median_time(density(batched_op, None), 1)
     )
-    for name, r in rates.items():
-        print(f"  {name:42s} {r:8.1f} HVP/s")
+    for k, r in rates.items():
+        print(f"  {k:42s} {r:8.1f} HVP/s")
     loop = rates["dynmon trace, per-vector loop (CPU default)"]
     best = max(v for k, v in rates.items() if k.startswith("dynmon trace, batched"))
     density_ratio = (

@@ -222,7 +222,7 @@ class HessianOperator:
         )
         self._bind(graph, graph.names)
         # batched products pay off where one product is launch-bound (GPU); on CPU the vmapped
-        # double backward measured 0.35-1.1x the per-vector loop (benchmarks/bench_peers.py)
+        # double backward measured 0.35-1.3x the per-vector loop (benchmarks/bench_peers.py)
         self._batched = self.device.type == "cuda" if batched is None else bool(batched)
 
     def _bind(self, graph: _Graph, names: list[str]) -> None:
