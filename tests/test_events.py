@@ -300,6 +300,27 @@ def test_state_round_trip_onset_saturation_grokking():
         assert b == [e for e in a if e["step"] >= rows[split][0]]
 
 
+def test_state_of_version_1_still_loads():
+    """A checkpoint saved before the trend fields existed resumes (they start afresh)."""
+    steps, values, *_ = random_case(11)
+    half = len(steps) // 2
+    _, det = feed(PlateauCliffDetector("loss"), steps[:half], values[:half])
+    state = json.loads(json.dumps(det.state_dict()))
+    state["version"] = 1
+    new = ("slopes", "t_origin", "h0", "move_end_n", "trend_slope", "base_slope", "trend_from")
+    for k in new:
+        state["trend"].pop(k)
+    if state["trend"]["plateau"] is not None:
+        state["trend"]["plateau"] = {
+            k: v for k, v in state["trend"]["plateau"].items() if k not in ("s", "after_move")
+        }
+    resumed = PlateauCliffDetector("loss")
+    resumed.load_state_dict(state)
+    events, _ = feed(resumed, steps[half:], values[half:])
+    assert all(e["at"] >= steps[half] - 2 * W * 10 for e in events)
+    json.dumps(resumed.state_dict())
+
+
 def test_state_rejects_a_foreign_version():
     det = SaturationDetector("acc")
     with pytest.raises(ValueError, match="version"):
