@@ -24,10 +24,10 @@ import torch
 from torch import Tensor, nn
 
 from dynmon import adapters, distributed
+from dynmon.curves import Series, default_series
 from dynmon.metrics.inputs import head_pass
 from dynmon.metrics.spec import HEAD_NEEDS, LookContext, MetricSpec, Need, Output
 from dynmon.metrics.table import METRICS, PRESETS
-from dynmon.metrics.timeseries import AutocorrCurvature, NormCurvature
 from dynmon.schedule import Schedule, as_schedule, every, logspace
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
@@ -348,13 +348,8 @@ class Monitor:
         self._user_detectors = detectors is not None
         self._detectors: list[Any] = list(detectors) if detectors is not None else []
         self._seen_keys: set[str] = set()
-        # learning-curve measures, streamed with bounded state (docs/metrics.md#loss_autocorr_curv,
-        # docs/metrics.md#norm_curvature)
-        self._loss_acorr = AutocorrCurvature(window=int(self.options.get("autocorr_window", 50)))
-        self._norm_curv = NormCurvature(
-            window=int(self.options.get("norm_window", 7)),
-            log_time=bool(self.options.get("norm_log_time", False)),
-        )
+        # learning-curve series over logged scalars, streamed with bounded state (dynmon.curves)
+        self._series: list[Series] = default_series(self.options)
         self._closed = False
         self._warned_closed = False
         self._pending: list[tuple[int, dict[str, Any]]] = []  # rows not yet converted
@@ -674,18 +669,19 @@ class Monitor:
     def _record_row(
         self, step: int, logged: dict[str, float], arrays: Mapping[str, np.ndarray], look: bool
     ) -> None:
-        """Write one step's row and run the learning-curve series and detectors on it."""
-        acorr = self._loss_acorr.update(step, logged["loss"]) if "loss" in logged else None
-        if look and acorr is not None:
-            logged["dynmon/loss_autocorr_curv"] = acorr
+        """Write one step's row and run the learning-curve series and detectors on it.
+
+        A series' value for this step joins the row; one for an earlier step (a centred
+        estimate) is written as its own row after it."""
+        later: dict[int, dict[str, float]] = {}
+        for series in self._series:
+            if any(k in logged for k in series.keys):
+                for at, row in series.update(step, logged, look=look).items():
+                    (logged if at == step else later.setdefault(at, {})).update(row)
         if logged or arrays:
             self._emit("write", step, logged, dict(arrays))
-        if "dynmon/weight_norm" in logged:
-            curv = self._norm_curv.update(step, logged["dynmon/weight_norm"])
-            if curv is not None:  # a centred estimate: it belongs to the window's middle look
-                self._emit(
-                    "write", self._norm_curv.middle_step, {"dynmon/norm_curvature": curv}, {}
-                )
+        for at, row in sorted(later.items()):
+            self._emit("write", at, row, {})
         self._detect(step, logged)
 
     def _checked_values(self, values: Mapping[str, Any]) -> dict[str, Any]:
@@ -969,6 +965,16 @@ class Monitor:
             warnings.warn(f"dynmon: writing the last rows failed: {exc!r}", RuntimeWarning, 2)
         step = self._last_step if self._last_step is not None else 0
         try:
+            for series in self._series:
+                try:
+                    for at, row in sorted(series.finalize(step).items()):
+                        self._emit("write", at, row, {})
+                except Exception as exc:  # never lose the rest of the close
+                    warnings.warn(
+                        f"dynmon: series {series.name!r} failed at close: {exc!r}",
+                        RuntimeWarning,
+                        2,
+                    )
             for det in self._detectors:
                 try:
                     for ev in det.finalize(step):
@@ -1015,7 +1021,7 @@ class Monitor:
         if self.active and not self._closed:
             self._flush()
         return {
-            "version": 2,
+            "version": 3,
             "next_step": self._next_step,
             "last_step": self._last_step,
             "looks": self._looks,
@@ -1030,8 +1036,7 @@ class Monitor:
                 for d in self._detectors
             ],
             "seen_keys": sorted(self._seen_keys),
-            "loss_autocorr": self._loss_acorr.state_dict(),
-            "norm_curvature": self._norm_curv.state_dict(),
+            "series": {s.name: s.state_dict() for s in self._series},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -1041,11 +1046,11 @@ class Monitor:
         dropped from the sinks that can (``events.jsonl``), since the resumed run detects them
         again: a crash-and-resume run ends with the events of an uninterrupted one.
         """
-        if not isinstance(state, Mapping) or state.get("version") not in (1, 2):
+        if not isinstance(state, Mapping) or state.get("version") not in (1, 2, 3):
             got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(
                 f"unknown dynmon Monitor state version {got!r}: pass what Monitor.state_dict() "
-                "returned (versions 1 and 2 are read)"
+                "returned (versions 1 to 3 are read)"
             )
         self._next_step = int(state["next_step"])
         self._last_step = state["last_step"]
@@ -1059,9 +1064,13 @@ class Monitor:
         self._events = [dict(e) for e in state.get("events", [])]
         if self.active:
             self._drop_events_after(self._last_step)
-        if "loss_autocorr" in state:
-            self._loss_acorr.load_state_dict(state["loss_autocorr"])
-            self._norm_curv.load_state_dict(state["norm_curvature"])
+        # version 2 kept the two series at the top level, under their names
+        saved_series = state.get("series") or {
+            s.name: state[s.name] for s in self._series if s.name in state
+        }
+        for series in self._series:
+            if series.name in saved_series:
+                series.load_state_dict(saved_series[series.name])
         if not self._user_detectors and self._seen_keys:
             self._detectors = []
             self._add_default_detectors()

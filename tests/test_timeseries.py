@@ -1,4 +1,5 @@
-"""Learning-curve time series (dynmon.metrics.timeseries): known answers on synthetic series."""
+"""Learning-curve time series (dynmon.metrics.timeseries, streamed by dynmon.curves): known
+answers on synthetic series."""
 
 from __future__ import annotations
 
@@ -11,10 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.signal import savgol_filter
 
+from dynmon.curves import EMA, AutocorrCurvature, NormCurvature
 from dynmon.metrics.timeseries import (
-    EMA,
-    AutocorrCurvature,
-    NormCurvature,
     Smoothing,
     autocorr_curvature,
     ema,

@@ -1,9 +1,9 @@
 """Learning-curve time series: smoothing, loss-autocorrelation curvature, norm-trajectory curvature.
 
 Pure functions on 1-D series (numpy arrays, sequences or tensors; returned as float64 numpy),
-defined in docs/metrics.md#loss_autocorr_curv and docs/metrics.md#norm_curvature, plus streaming
-versions with fixed-size state for the Monitor (``update(step, value) -> float | None``,
-``state_dict()`` / ``load_state_dict()``).
+defined in docs/metrics.md#loss_autocorr_curv and docs/metrics.md#norm_curvature. Their streaming
+versions with fixed-size state, which the Monitor runs over logged scalars, are in
+``dynmon.curves``.
 
 * :func:`autocorr_curvature`: over a trailing window of ``window`` logged values, the lag-τ
   autocorrelation ``A(τ) = corr(L(t), L(t+τ))`` and its curvature at τ = 0,
@@ -35,9 +35,7 @@ __all__ = [
     "second_derivative",
     "autocorr_curvature",
     "norm_curvature",
-    "EMA",
-    "AutocorrCurvature",
-    "NormCurvature",
+    "window_curvature",
 ]
 
 SmoothingKind = Literal["none", "ema", "mean", "savgol"]
@@ -88,8 +86,9 @@ def as_series(x: Any) -> np.ndarray:
 def ema(x: Any, span: int) -> np.ndarray:
     """Exponential moving average, α = 2/(span+1), started at the first finite value.
 
-    Causal (the value at i uses points ≤ i), so it equals the streaming :class:`EMA`. Non-finite
-    points are skipped: the average carries over them (NaN before the first finite point).
+    Causal (the value at i uses points ≤ i), so it equals the streaming ``dynmon.curves.EMA``.
+    Non-finite points are skipped: the average carries over them (NaN before the first finite
+    point).
     """
     if span < 1:
         raise ValueError(f"EMA span must be >= 1, got {span}")
@@ -256,8 +255,10 @@ def norm_curvature(
 # -- curvature of the loss autocorrelation ----------------------------------------------------
 
 
-def _window_curvature(seg: np.ndarray, max_lag: int, detrend: bool) -> np.ndarray:
-    """Autocorrelation curvature of each row of ``seg`` (B, window); NaN for constant rows."""
+def window_curvature(seg: np.ndarray, max_lag: int, detrend: bool) -> np.ndarray:
+    """Autocorrelation curvature of each row of ``seg`` (B, window); NaN for constant rows.
+
+    The per-window step of :func:`autocorr_curvature`, shared with its streaming version."""
     magnitude = np.abs(seg).max(axis=1)
     seg = seg - seg.mean(axis=1, keepdims=True)
     w = seg.shape[1]
@@ -321,164 +322,7 @@ def autocorr_curvature(
     segs = sliding_window_view(x, window)  # (n - window + 1, window), a view
     for s in range(0, len(segs), _CHUNK):
         seg = segs[s : s + _CHUNK]
-        vals = _window_curvature(seg, max_lag, detrend)
+        vals = window_curvature(seg, max_lag, detrend)
         vals[~np.isfinite(seg).all(axis=1)] = np.nan
         out[window - 1 + s : window - 1 + s + len(seg)] = vals
     return smooth(out, smoothing)
-
-
-# -- streaming versions ---------------------------------------------------------------------
-
-
-class EMA:
-    """Streaming exponential moving average with span ``span`` (α = 2/(span+1)); O(1) state."""
-
-    def __init__(self, span: int) -> None:
-        if span < 1:
-            raise ValueError(f"EMA span must be >= 1, got {span}")
-        self.span = int(span)
-        self.alpha = 2.0 / (span + 1.0)
-        self.value: float | None = None
-
-    def update(self, x: float) -> float | None:
-        """Fold in one value (non-finite values are skipped); return the average so far."""
-        if np.isfinite(x):
-            self.value = x if self.value is None else self.value + self.alpha * (x - self.value)
-        return self.value
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"span": self.span, "value": self.value}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.span = int(state["span"])
-        self.alpha = 2.0 / (self.span + 1.0)
-        self.value = state["value"]
-
-
-class _Ring:
-    """A fixed-capacity buffer of the last ``capacity`` (step, value) pairs, oldest first."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = int(capacity)
-        self.steps: list[float] = []
-        self.values: list[float] = []
-
-    def push(self, step: float, value: float) -> None:
-        self.steps.append(float(step))
-        self.values.append(float(value))
-        if len(self.values) > self.capacity:
-            del self.steps[0], self.values[0]  # O(capacity) list shift; capacities are small
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"steps": list(self.steps), "values": list(self.values)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = [float(s) for s in state["steps"]][-self.capacity :]
-        self.values = [float(v) for v in state["values"]][-self.capacity :]
-
-
-class _Streaming:
-    """Shared plumbing: skip repeated or decreasing steps, keep the last step seen."""
-
-    def __init__(self, capacity: int) -> None:
-        self._ring = _Ring(capacity)
-        self.last_step: int | None = None
-
-    def _accept(self, step: int) -> bool:
-        if self.last_step is not None and step <= self.last_step:
-            return False  # a replayed or out-of-order log: ignore it (state stays consistent)
-        self.last_step = int(step)
-        return True
-
-    def _base_state(self) -> dict[str, Any]:
-        return {"ring": self._ring.state_dict(), "last_step": self.last_step}
-
-    def _load_base(self, state: dict[str, Any]) -> None:
-        self._ring.load_state_dict(state["ring"])
-        self.last_step = state["last_step"]
-
-
-class AutocorrCurvature(_Streaming):
-    """Streaming :func:`autocorr_curvature` over the last ``window`` logs (memory: ``window``).
-
-    ``update(step, loss)`` returns the curvature of the window ending at this log (None until
-    ``window`` logs exist; NaN for constant windows), smoothed by an EMA of span ``ema_span`` if
-    given; it equals ``autocorr_curvature(losses, window, smoothing=Smoothing("ema", ema_span))``
-    at the same log. Steps that do not increase are ignored.
-    """
-
-    def __init__(
-        self, window: int = 50, *, max_lag: int = 1, detrend: bool = True, ema_span: int = 1
-    ) -> None:
-        if window < max_lag + 3:
-            raise ValueError(f"window must be >= max_lag + 3, got {window}")
-        super().__init__(window)
-        self.window, self.max_lag, self.detrend = int(window), int(max_lag), bool(detrend)
-        self._ema = EMA(ema_span) if ema_span > 1 else None
-
-    def update(self, step: int, value: float) -> float | None:
-        """Add one logged loss; return the (smoothed) curvature, or None during warm-up."""
-        if not self._accept(step):
-            return None
-        self._ring.push(step, value)
-        if len(self._ring) < self.window:
-            return None
-        seg = np.asarray(self._ring.values)[None, :]  # (1, window)
-        raw = float(_window_curvature(seg, self.max_lag, self.detrend)[0])
-        if not np.isfinite(seg).all():
-            raw = float("nan")
-        if self._ema is None:
-            return raw
-        out = self._ema.update(raw)
-        return float("nan") if out is None else out
-
-    def state_dict(self) -> dict[str, Any]:
-        state = self._base_state()
-        state["ema"] = None if self._ema is None else self._ema.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._load_base(state)
-        if self._ema is not None and state.get("ema") is not None:
-            self._ema.load_state_dict(state["ema"])
-
-
-class NormCurvature(_Streaming):
-    """Streaming :func:`norm_curvature` with Savitzky–Golay smoothing (memory: ``window``).
-
-    ``update(step, norm)`` returns the second derivative of the polynomial of ``order`` fitted
-    to the last ``window`` logs, evaluated at their middle log (``window // 2`` logs ago): the
-    batch function's value at that log. None until ``window`` usable logs exist.
-    """
-
-    def __init__(self, window: int = 7, *, order: int = 2, log_time: bool = False) -> None:
-        order = max(int(order), 2)
-        if window <= order:
-            raise ValueError(f"window {window} too short for a polynomial of order {order}")
-        super().__init__(window)
-        self.window, self.order, self.log_time = int(window), order, bool(log_time)
-        self.middle_step: int | None = None  # the step the last returned value belongs to
-
-    def update(self, step: int, value: float) -> float | None:
-        """Add one logged norm; return the curvature at the window's middle log, or None."""
-        if (self.log_time and step <= 0) or not self._accept(step):
-            return None
-        self._ring.push(step, value)
-        if len(self._ring) < self.window:
-            return None
-        steps = np.asarray(self._ring.steps)
-        x = np.log(steps) if self.log_time else steps
-        mid = self.window // 2
-        curv = local_polyfit(self._ring.values, x, window=self.window, order=self.order, deriv=2)
-        self.middle_step = int(steps[mid])
-        return float(curv[mid])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**self._base_state(), "middle_step": self.middle_step}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._load_base(state)
-        self.middle_step = state.get("middle_step")
