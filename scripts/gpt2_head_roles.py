@@ -2,7 +2,7 @@
 
 ``GPT2LMHeadModel`` (2 layers, 4 heads, n_embd 64, random init, dropout off) trains with AdamW on
 the induction pack's task (64 random tokens from 64, a segment written twice; its length drawn
-from 4..24 for each batch, so that only induction predicts the copy) with
+from 16..32 for each batch, so that only induction predicts the copy) with
 
     Monitor(model, metrics={"economy": None, "head_roles": every(25)})
 
@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 LOOK_EVERY = 25
-MIN_SEGMENT = 4  # segment lengths are drawn from 4..24 per batch
+SEGMENT = (16, 32)  # segment lengths drawn per batch (both copies fit in the 64 tokens)
 
 
 def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
                 # a segment length drawn per batch: with one fixed length (the pack's 24) the
                 # copies sit 24 + gap apart with a few gaps most likely, and GPT-2 learns
                 # heads that look back a fixed 23-24 positions plus an MLP check, not induction
-                S = int(torch.randint(MIN_SEGMENT, cfg.segment_len + 1, (1,), generator=g))
+                S = int(torch.randint(SEGMENT[0], SEGMENT[1] + 1, (1,), generator=g))
                 tokens = make_batch(replace(cfg, segment_len=S), g).tokens  # [B, T]
                 loss = model(input_ids=tokens, labels=tokens).loss
                 opt.zero_grad(set_to_none=True)
