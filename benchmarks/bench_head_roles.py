@@ -4,7 +4,8 @@ A randomly initialised GPT-2 small (12 layers x 12 heads, D=768, vocabulary 50,2
 1,024) from its config; one training forward+backward on an 8x128 batch against one look of
 ``Monitor(metrics=["head_roles"])`` on its own default probe (8 x 128 tokens, built at the first
 look), timed alternately in the same process (median of ``--repeats`` pairs). The look runs on
-the Monitor's default 1 thread; ``--look-threads N`` gives it N. Also prints the copying score's
+the Monitor's default 1 thread; ``--look-threads N`` gives it N, ``--train-threads N`` the
+training N (default: torch's, 2 on a 2-core machine). Also prints the copying score's
 share (the W_U W_E product over the 50,257-token vocabulary). Run::
 
     python benchmarks/bench_head_roles.py [--quick] [--repeats 5]
@@ -26,12 +27,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 layers instead of 12")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--look-threads", type=int, default=1)
+    parser.add_argument("--train-threads", type=int, default=None, help="default: torch's")
     args = parser.parse_args()
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from dynmon.metrics import roles
 
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
     layers = 2 if args.quick else 12
     cfg = GPT2Config(n_layer=layers, n_head=12, n_embd=768)  # vocab 50,257, context 1,024
     torch.manual_seed(0)
