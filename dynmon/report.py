@@ -452,7 +452,8 @@ def _same_curves(run: Run, keys: list[str]) -> dict[str, list[str]]:
                 break
         else:
             kept[k] = []
-    return kept
+    first = {k: min(keys.index(x) for x in (k, *twins)) for k, twins in kept.items()}
+    return {k: kept[k] for k in sorted(kept, key=first.__getitem__)}  # in the run's own order
 
 
 def _loss_groups(run: Run) -> list[tuple[str, str, list[str]]]:
