@@ -7,7 +7,6 @@ metrics are pure functions (``dynmon.metrics``), sinks only write (``dynmon.sink
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import threading
@@ -28,6 +27,7 @@ from dynmon.curves import Series, default_series
 from dynmon.metrics.inputs import head_pass
 from dynmon.metrics.spec import HEAD_NEEDS, LookContext, MetricSpec, Need, Output
 from dynmon.metrics.table import METRICS, PRESETS
+from dynmon.runfolder import jsonable
 from dynmon.schedule import Schedule, as_schedule, every, logspace
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
@@ -86,17 +86,8 @@ def _intra_op_threads(n: int | None) -> Iterator[None]:
 
 
 def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {k: _to_plain(v) for k, v in dataclasses.asdict(value).items()}
-    if isinstance(value, Mapping):
-        return {str(k): _to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, Tensor) and value.numel() == 1:
-        return value.item()
-    return repr(value)
+    """JSON-safe data for every sink, non-finite floats kept (the local sink encodes them)."""
+    return jsonable(value, encode_nonfinite=False)
 
 
 def _as_float(name: str, v: Any) -> float:
@@ -721,10 +712,18 @@ class Monitor:
             self._prev_weights = None
 
     def _look(self, step: int, due: list[tuple[str, MetricSpec]]) -> tuple[dict, dict]:
-        """Gather the merged needs of the due metrics once, run each metric in isolation."""
+        """Gather the merged needs of the due metrics once, run each metric in isolation.
+
+        float32 matmuls run at full precision during a look (a training run that allows TF32
+        or bf16 reductions would otherwise round the Gram matrices), restored afterwards."""
         self._train_threads = torch.get_num_threads()
-        with _intra_op_threads(self.options.get("threads", 1)):
-            return self._look_inner(step, due)
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+        try:
+            with _intra_op_threads(self.options.get("threads", 1)):
+                return self._look_inner(step, due)
+        finally:
+            torch.set_float32_matmul_precision(precision)
 
     def _look_inner(self, step: int, due: list[tuple[str, MetricSpec]]) -> tuple[dict, dict]:
         needs = set().union(*(spec.needs for _, spec in due))

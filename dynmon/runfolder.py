@@ -55,29 +55,43 @@ def encode_float(x: float) -> float | str:
     return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
 
 
-def jsonable(value: Any) -> Any:
-    """JSON-safe data from dataclasses, paths, enums, NumPy and torch values (repr otherwise)."""
+def jsonable(value: Any, *, encode_nonfinite: bool = True) -> Any:
+    """JSON-safe data from dataclasses, paths, enums, NumPy and torch values (repr otherwise).
+
+    Non-finite floats become ``"NaN"``/``"±Infinity"`` (the run folder's convention), or stay
+    floats with ``encode_nonfinite=False``: what the Monitor hands every sink (W&B and
+    TensorBoard take NaN floats; the local sink encodes them when it writes).
+
+    >>> jsonable({"x": float("nan"), "n": (1, 2)})
+    {'x': 'NaN', 'n': [1, 2]}
+    >>> jsonable({"x": float("nan")}, encode_nonfinite=False)
+    {'x': nan}
+    """
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return encode_float(float(value))
+        return encode_float(float(value)) if encode_nonfinite else float(value)
     if isinstance(value, np.bool_):
         return bool(value)
     if isinstance(value, np.ndarray):
-        return _encode_array(value)
+        return _encode_array(value, encode_nonfinite)
     if hasattr(value, "detach") and hasattr(value, "is_floating_point"):  # torch, not imported
         t = value.detach().cpu()
-        return _encode_array((t.double() if t.is_floating_point() else t).numpy())
+        return _encode_array((t.double() if t.is_floating_point() else t).numpy(), encode_nonfinite)
+
+    def inner(v: Any) -> Any:
+        return jsonable(v, encode_nonfinite=encode_nonfinite)
+
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: inner(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
+        return {str(k): inner(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
+        return [inner(v) for v in value]
     if isinstance(value, (set, frozenset)):
-        items = [jsonable(v) for v in value]
+        items = [inner(v) for v in value]
         try:
             return sorted(items)
         except TypeError:
@@ -85,17 +99,18 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, PurePath):
         return str(value)
     if isinstance(value, enum.Enum):
-        return jsonable(value.value)
+        return inner(value.value)
     if isinstance(value, type):
         return f"{value.__module__}.{value.__qualname__}"
     return repr(value)
 
 
-def _encode_array(a: np.ndarray) -> Any:
-    """Nested lists, non-finite entries as their string tokens."""
-    if a.dtype.kind in "iub" or (a.dtype.kind == "f" and np.isfinite(a).all()):
+def _encode_array(a: np.ndarray, encode_nonfinite: bool = True) -> Any:
+    """Nested lists, non-finite entries as their string tokens (kept as floats if asked)."""
+    finite = a.dtype.kind == "f" and (not encode_nonfinite or bool(np.isfinite(a).all()))
+    if a.dtype.kind in "iub" or finite:
         return a.tolist()
-    return jsonable(a.tolist())
+    return jsonable(a.tolist(), encode_nonfinite=encode_nonfinite)
 
 
 def restore(value: Any) -> Any:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dynmon.runfolder import jsonable, load_run, new_run_dir, restore
 
@@ -135,3 +137,41 @@ def test_new_run_dir_is_unique_and_timestamped(tmp_path):
     assert all(re.fullmatch(r"\d{8}-\d{6}(-\d+)?", p.name) for p in made)
     named = new_run_dir(tmp_path / "deeper", prefix="grokking-quick")
     assert named.parent == tmp_path / "deeper" and named.name.startswith("grokking-quick-")
+
+
+_leaf = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-(10**6), 10**6),
+    st.text(alphabet="abc", max_size=3),
+    st.none(),
+)
+_tree = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text("xyz", max_size=2), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_tree)
+def test_jsonable_keeping_nonfinite_floats_is_the_decoded_encoding(value):
+    """The Monitor's form (NaN floats kept) equals the run folder's form read back by restore."""
+    plain = jsonable(value, encode_nonfinite=False)
+    assert json.dumps(plain) == json.dumps(restore(jsonable(value)))
+
+
+def test_jsonable_keeping_nonfinite_floats_in_arrays_tensors_and_configs():
+    value = {
+        "cfg": Cfg(lr=float("nan")),
+        "t": torch.tensor([1.0, float("inf")]),
+        "a": np.array([[np.nan, 1.0]]),
+        "n": np.int64(3),
+        "s": torch.tensor(float("-inf")),
+    }
+    plain = jsonable(value, encode_nonfinite=False)
+    assert math.isnan(plain["cfg"]["lr"]) and plain["cfg"]["path"] == "/data/x"
+    assert plain["t"] == [1.0, math.inf] and plain["n"] == 3 and plain["s"] == -math.inf
+    assert math.isnan(plain["a"][0][0]) and plain["a"][0][1] == 1.0
+    assert all(type(x) is float for x in (plain["t"][1], plain["a"][0][0], plain["s"]))

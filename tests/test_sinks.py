@@ -300,3 +300,52 @@ def test_missing_wandb_names_the_extra(monkeypatch):
         WandbSink()
     with pytest.raises(ImportError, match=r"dynmon\[wandb\]"):
         make_sink("wandb", "unused")
+
+
+class _Recorder:
+    """A sink that keeps what the Monitor hands it."""
+
+    def __init__(self) -> None:
+        self.config: dict = {}
+        self.events: list[dict] = []
+        self.summary: dict = {}
+
+    def write_config(self, config):
+        self.config = config
+
+    def write(self, step, scalars, arrays):
+        pass
+
+    def write_event(self, event):
+        self.events.append(event)
+
+    def write_summary(self, summary):
+        self.summary = dict(summary)
+
+    def close(self):
+        pass
+
+
+def test_sinks_get_nonfinite_floats_and_the_run_folder_encodes_them(tmp_path):
+    """One conversion (runfolder.jsonable) for every sink: NaN stays a float for W&B-like sinks,
+    the local sink writes the string token, and both read back the same."""
+    import dynmon
+
+    rec = _Recorder()
+    cfg = {"lr": float("nan"), "out": tmp_path / "x", "n": np.int64(3)}
+    with dynmon.Monitor(
+        torch.nn.Linear(2, 2), run_dir=tmp_path, metrics=[], sinks=["local", rec], config=cfg
+    ) as mon:
+        mon.log_event("phase", 2, value=float("inf"), size=np.int64(4), message="m")
+        mon.update_summary(best=float("nan"), last=torch.tensor(float("-inf")), k=2)
+    assert isinstance(rec, Sink)
+    assert math.isnan(rec.config["run"]["lr"]) and rec.config["run"]["n"] == 3
+    assert rec.config["run"]["out"] == str(tmp_path / "x")
+    assert rec.events[0]["value"] == math.inf and rec.events[0]["size"] == 4
+    assert math.isnan(rec.summary["best"]) and rec.summary["last"] == -math.inf
+    text = (tmp_path / "summary.json").read_text()
+    assert '"best": "NaN"' in text and '"last": "-Infinity"' in text
+    assert '"value":"Infinity"' in (tmp_path / "events.jsonl").read_text()
+    run = load_run(tmp_path)
+    assert math.isnan(run.summary["best"]) and run.events[0]["value"] == math.inf
+    assert math.isnan(run.config["run"]["lr"])
