@@ -54,6 +54,10 @@ EVENT_COLORS = {
     "grokking": "#0072B2",
     "generalization": "#0072B2",
     "metric_error": "#000000",
+    "induction_emergence": "#0072B2",
+    "subspace_stabilisation": "#E69F00",
+    "role_onset": "#56B4E9",
+    "role_formed": "#009E73",
 }
 EVENT_STYLES = {
     "cliff": "-",
@@ -64,6 +68,10 @@ EVENT_STYLES = {
     "generalization": "--",
     "circuit_formation_online": (0, (1, 1)),
     "metric_error": ":",
+    "induction_emergence": "-",
+    "subspace_stabilisation": (0, (6, 2, 1, 2)),
+    "role_onset": "-.",
+    "role_formed": (0, (3, 1, 1, 1)),
 }
 OTHER_EVENT_COLOR = "#7F7F7F"
 PLATEAU_COLOR = "#7f7f7f"
@@ -376,9 +384,10 @@ def _annotate(ax, run: Run, keys: Iterable[str] = (), name_phases: bool = False)
         kind, key = e["kind"], e.get("key")
         if kind.startswith("plateau") or kind in PHASE_KINDS:
             continue
-        mine = key in keys if kind in CURVE_KINDS else True  # run-level: every panel
-        if kind in CURVE_KINDS and key not in run.keys():
-            mine = True  # an event on a curve no figure draws: show it everywhere
+        if kind in CURVE_KINDS:  # on its curve's panel (everywhere if no figure draws it)
+            mine = key in keys or key not in run.keys()
+        else:  # run-level events on every panel; a monitor metric's (a head's role) on its own
+            mine = not str(key or "").startswith("dynmon/") or key in keys
         if not mine:
             continue
         line = _mark(ax, e)
