@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dynmon import adapters, distributed
 from dynmon.curves import Series, default_series
+from dynmon.events import default_detectors
 from dynmon.metrics.inputs import head_pass
 from dynmon.metrics.spec import HEAD_NEEDS, LookContext, MetricSpec, Need, Output
 from dynmon.metrics.table import METRICS, PRESETS
@@ -885,10 +886,7 @@ class Monitor:
                 self._record_event(ev)
 
     def _add_default_detectors(self) -> None:
-        try:
-            from dynmon.events import default_detectors
-        except ImportError:  # pragma: no cover
-            return
+        """Add the default detectors for the keys seen so far (each kind and key once)."""
         have = {(type(d).__name__, tuple(d.keys)) for d in self._detectors}
         for det in default_detectors(sorted(self._seen_keys)):
             ident = (type(det).__name__, tuple(det.keys))

@@ -112,11 +112,9 @@ def _update_ratio(ctx: LookContext) -> Output:
 
 
 def _curvature_rows() -> list[MetricSpec]:
-    """Curvature metrics live in their own module (optional heavy imports stay out of the core)."""
-    try:
-        from dynmon.metrics.curvature import HESSIAN_TRACE, SHARPNESS
-    except ImportError:  # pragma: no cover - only while the module is absent
-        return []
+    """Curvature metrics live in their own module (the Hessian operator and its estimators)."""
+    from dynmon.metrics.curvature import HESSIAN_TRACE, SHARPNESS
+
     return [SHARPNESS, HESSIAN_TRACE]
 
 
@@ -131,13 +129,9 @@ def _extra_rows() -> list[MetricSpec]:
     """Metrics beyond the peers (esd_alpha, grad_noise, llc), each in its own module."""
     from dynmon.metrics.esd import ESD_ALPHA
     from dynmon.metrics.gradnoise import GRAD_NOISE
+    from dynmon.metrics.llc import LLC
 
-    rows = [ESD_ALPHA, GRAD_NOISE]
-    try:
-        from dynmon.metrics.llc import LLC
-    except ImportError:  # pragma: no cover - only while the module is absent
-        return rows
-    return [*rows, LLC]
+    return [ESD_ALPHA, GRAD_NOISE, LLC]
 
 
 def _rows() -> dict[str, MetricSpec]:
