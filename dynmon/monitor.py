@@ -24,12 +24,13 @@ from torch import Tensor, nn
 
 from dynmon import adapters, distributed
 from dynmon.curves import Series, default_series
-from dynmon.events import default_detectors
+from dynmon.events import Detector, default_detectors
 from dynmon.metrics.inputs import head_pass
 from dynmon.metrics.spec import HEAD_NEEDS, LookContext, MetricSpec, Need, Output
 from dynmon.metrics.table import METRICS, PRESETS
-from dynmon.runfolder import jsonable
+from dynmon.runfolder import jsonable, new_run_dir
 from dynmon.schedule import Schedule, as_schedule, every, logspace
+from dynmon.sinks import Sink, make_sink
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
 KNOWN_NEEDS = frozenset(typing.get_args(Need))  # what a MetricSpec may declare in ``needs``
@@ -302,13 +303,13 @@ class Monitor:
         run_dir: str | Path | None = None,
         schedule: Schedule | int | Iterable[int] | Callable[[int], bool] | None = None,
         metrics: str | Iterable[str] | Mapping[str, Any] | None = None,
-        sinks: Iterable[Any] | str | None = None,
+        sinks: Iterable[str | Sink] | str | None = None,
         strict: bool = False,
         *,
         loss_fn: Callable[[nn.Module, Any], Tensor] | None = None,
         probe_batch: Any = None,
         optimizer: torch.optim.Optimizer | None = None,
-        detectors: Iterable[Any] | None = None,
+        detectors: Iterable[Detector] | None = None,
         config: Any = None,
         reference_step: int | None = None,
         options: Mapping[str, Any] | None = None,
@@ -338,7 +339,7 @@ class Monitor:
         self._events: list[dict[str, Any]] = []
         self._summary: dict[str, Any] = {}
         self._user_detectors = detectors is not None
-        self._detectors: list[Any] = list(detectors) if detectors is not None else []
+        self._detectors: list[Detector] = list(detectors) if detectors is not None else []
         self._seen_keys: set[str] = set()
         # learning-curve series over logged scalars, streamed with bounded state (dynmon.curves)
         self._series: list[Series] = default_series(self.options)
@@ -348,8 +349,8 @@ class Monitor:
         self._pending_tensors = False
         self._flush_every = int(self.options.get("flush_every", 25))
         self._train_threads = torch.get_num_threads()
-        self.sinks: list[Any] = []
-        self._dropped_sinks: list[Any] = []  # failed once; still offered the summary at close
+        self.sinks: list[Sink] = []
+        self._dropped_sinks: list[Sink] = []  # failed once; still offered the summary at close
         self.run_dir: Path | None = None
         self._sharded = distributed.is_sharded(model)
         if self._sharded:
@@ -516,10 +517,9 @@ class Monitor:
         for n in wanted:
             self._disabled[n] = problem
 
-    def _open_sinks(self, run_dir: str | Path | None, sinks: Any) -> None:
-        from dynmon.runfolder import new_run_dir
-        from dynmon.sinks import make_sink
-
+    def _open_sinks(
+        self, run_dir: str | Path | None, sinks: Iterable[str | Sink] | str | None
+    ) -> None:
         specs = ["local"] if sinks is None else ([sinks] if isinstance(sinks, str) else list(sinks))
         if run_dir is not None:
             self.run_dir = Path(run_dir)
