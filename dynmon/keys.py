@@ -23,6 +23,46 @@ def key(metric: str, target: str | None = None) -> str:
     return f"{PREFIX}/{metric}" if target is None else f"{PREFIX}/{metric}/{target}"
 
 
+def is_dynmon_key(name: str) -> bool:
+    """Whether ``name`` is one of dynmon's own keys (the others are the run's: ``loss``...).
+
+    >>> is_dynmon_key("dynmon/erank/QK"), is_dynmon_key("train/loss")
+    (True, False)
+    """
+    return name.startswith(f"{PREFIX}/")
+
+
+def strip_prefix(name: str) -> str:
+    """``dynmon/erank/QK`` -> ``erank/QK``; any other name unchanged.
+
+    >>> strip_prefix("dynmon/sharpness"), strip_prefix("loss")
+    ('sharpness', 'loss')
+    """
+    return name.removeprefix(f"{PREFIX}/")
+
+
+def heatmap_key(name: str) -> str:
+    """Where a per-head array's heatmap image goes (the bare key stays the overall mean's).
+
+    >>> heatmap_key("dynmon/erank/QK")
+    'dynmon/heatmap/erank/QK'
+    """
+    return key("heatmap", strip_prefix(name))
+
+
+def event_key(kind: str) -> str:
+    """The marker scalar of an event kind on TensorBoard: ``dynmon/event/<kind>``."""
+    return key("event", kind)
+
+
+# names of dynmon's own records beside the metrics
+STEP_KEY = key("step")  # dynmon's step axis on W&B (never wandb.log(step=...))
+EVENTS_KEY = key("events")  # the events table (W&B) and text (TensorBoard)
+CONFIG_KEY = key("config")  # the resolved configuration as text (TensorBoard)
+SUMMARY_KEY = key("summary")  # the headline figures as text (TensorBoard)
+ALL_KEYS = key("*")  # W&B's glob for every dynmon key
+
+
 def head_scalars(
     metric: str, values: Tensor, circuit: str, n_heads: list[int] | None = None
 ) -> dict[str, Tensor]:

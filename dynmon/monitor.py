@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from dynmon import adapters, distributed
 from dynmon.curves import Series, default_series
 from dynmon.events import Detector, default_detectors
+from dynmon.keys import is_dynmon_key
 from dynmon.metrics.inputs import head_pass
 from dynmon.metrics.spec import HEAD_NEEDS, LookContext, MetricSpec, Need, Output
 from dynmon.metrics.table import METRICS, PRESETS
@@ -863,7 +864,7 @@ class Monitor:
     # -- events ---------------------------------------------------------------------------
     def _detect(self, step: int, values: Mapping[str, float]) -> None:
         """Feed logged scalars to the event detectors; write each event as soon as it is known."""
-        user = {k: v for k, v in values.items() if not k.startswith("dynmon/")}
+        user = {k: v for k, v in values.items() if not is_dynmon_key(k)}
         if not user:
             return
         if not self._user_detectors and not user.keys() <= self._seen_keys:

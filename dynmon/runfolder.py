@@ -3,8 +3,8 @@
 Layout (written by ``dynmon.sinks.local.RunFolderSink``)::
 
     config.json     the fully resolved configuration (pretty JSON)
-    metrics.jsonl   one object per logged step: {"step": 12, "loss": 2.3, "dynmon/erank/QK": 5.1}
-    arrays.jsonl    one object per step that has arrays: {"step": 12, "dynmon/erank/QK": [[..]]}
+    metrics.jsonl   one object per logged step: {"step": 12, "loss": 2.3, <dynmon key>: 5.1, ...}
+    arrays.jsonl    one object per step that has arrays: {"step": 12, <dynmon key>: [[..]], ...}
     events.jsonl    one object per event: {"step": 300, "kind": "cliff", ...}
     summary.json    headline figures, merged and rewritten atomically
 

@@ -23,9 +23,8 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from dynmon.keys import HEAD_KEY
+from dynmon.keys import HEAD_KEY, event_key, is_dynmon_key
 from dynmon.monitor import Monitor
-from dynmon.sinks.tensorboard import EVENT_MARKER
 
 try:
     import lightning.pytorch as pl
@@ -57,7 +56,7 @@ class LoggerSink:
         metrics = {
             k: float(v)
             for k, v in scalars.items()
-            if k.startswith("dynmon/") and (self.per_head_scalars or not HEAD_KEY.match(k))
+            if is_dynmon_key(k) and (self.per_head_scalars or not HEAD_KEY.match(k))
         }
         if metrics:
             self.logger.log_metrics(metrics, step=int(step))
@@ -68,9 +67,7 @@ class LoggerSink:
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         marker = float(value) if number and np.isfinite(value) else 1.0
         kind = str(event.get("kind", "event"))
-        self.logger.log_metrics(
-            {EVENT_MARKER.format(kind=kind): marker}, step=int(event.get("step", 0))
-        )
+        self.logger.log_metrics({event_key(kind): marker}, step=int(event.get("step", 0)))
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """The summary stays in the run folder."""

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from dynmon.keys import HEAD_KEY
+from dynmon.keys import HEAD_KEY, is_dynmon_key
 
 LAYER_KEY = re.compile(r"^dynmon/(?P<metric>[^/]+)/L(?P<layer>\d+)\.(?P<circuit>\w+)$")
 CURVATURE = re.compile(r"^dynmon/(sharpness|hessian|lambda_max)")
@@ -74,7 +74,7 @@ def plan_keys(keys: Iterable[str], array_names: Iterable[str] = ()) -> KeyPlan:
             used.add(k)
     order = {m: i for i, m in enumerate(RANK_FIRST + SUBSPACE_FIRST)}
     metrics = sorted(found.values(), key=lambda hm: order.get(hm.metric, len(order)))
-    user = [k for k in keys if not k.startswith("dynmon/")]
+    user = [k for k in keys if not is_dynmon_key(k)]
     curvature = [k for k in keys if k not in used and CURVATURE.match(k)]
     taken = used | set(curvature) | set(user)
     other = [k for k in keys if k not in taken]

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from dynmon.keys import strip_prefix
 from dynmon.page.envelope import BINS, Envelope, envelope
 from dynmon.page.keys import HeadMetric, KeyPlan, plan_keys
 from dynmon.report import EVENT_COLORS, OTHER_EVENT_COLOR, PLATEAU_COLOR
@@ -395,7 +396,7 @@ def run_payload(source: Source, bins: int = BINS) -> dict[str, Any]:
         for k in keys:
             ref = store.add(k, *source.series(k))
             if ref:
-                options[k.removeprefix("dynmon/")] = [line(ref, k, "#1f77b4")]
+                options[strip_prefix(k)] = [line(ref, k, "#1f77b4")]
         p = panel(f"{section}-0", title, "value", options, store)
         if p:
             p["section"] = section

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from dynmon.keys import heatmap_key
 
-def heatmap_key(name: str) -> str:
-    """``dynmon/erank/QK`` -> ``dynmon/heatmap/erank/QK`` (the bare key is the overall mean)."""
-    rest = name[len("dynmon/") :] if name.startswith("dynmon/") else name
-    return f"dynmon/heatmap/{rest}"
+__all__ = ["heatmap_key", "render_heatmap"]  # heatmap_key stays importable from here
 
 
 def render_heatmap(name: str, values: np.ndarray, step: int) -> np.ndarray:

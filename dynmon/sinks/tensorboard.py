@@ -20,14 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from dynmon.keys import HEAD_KEY
+from dynmon.keys import CONFIG_KEY, EVENTS_KEY, HEAD_KEY, SUMMARY_KEY, event_key, is_dynmon_key
 from dynmon.runfolder import jsonable, restore
 from dynmon.sinks.heatmap import heatmap_key, render_heatmap
 
-EVENTS_TAG = "dynmon/events"
-EVENT_MARKER = "dynmon/event/{kind}"
-CONFIG_TAG = "dynmon/config"
-SUMMARY_TAG = "dynmon/summary"
+EVENTS_TAG, CONFIG_TAG, SUMMARY_TAG = EVENTS_KEY, CONFIG_KEY, SUMMARY_KEY
 
 
 def _summary_writer(log_dir: str) -> Any:
@@ -93,7 +90,7 @@ class TensorBoardSink:
     ) -> None:
         """Scalars at ``step``; this look's heatmaps as images (``[3, h, w]``)."""
         for k, v in scalars.items():
-            if k.startswith("dynmon/"):
+            if is_dynmon_key(k):
                 if not self.per_head_scalars and HEAD_KEY.match(k):
                     continue
             elif not self.user_scalars:
@@ -121,7 +118,7 @@ class TensorBoardSink:
         row = f"| {step} | {kind} | {ev.get('key', '')} | {_fmt(value)} | {message} |"
         table = "| step | kind | key | value | message |\n|---|---|---|---|---|\n" + row
         self.writer.add_text(EVENTS_TAG, table, step)
-        self.writer.add_scalar(EVENT_MARKER.format(kind=kind), marker, step)
+        self.writer.add_scalar(event_key(kind), marker, step)
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:
         """The summary so far as JSON text; each write is a new entry (the last one is current)."""

@@ -22,14 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from dynmon.keys import HEAD_KEY
+from dynmon.keys import ALL_KEYS, EVENTS_KEY, HEAD_KEY, STEP_KEY, is_dynmon_key
 from dynmon.runfolder import jsonable, restore
 from dynmon.sinks.heatmap import heatmap_key, render_heatmap
 
 __all__ = ["WandbSink", "render_heatmap"]  # render_heatmap stays importable from here
 
-STEP_KEY = "dynmon/step"
-EVENTS_KEY = "dynmon/events"
 EVENT_COLUMNS = ["step", "kind", "key", "value", "message"]
 WARN_KINDS = frozenset({"cliff", "metric_error", "divergence", "nan"})
 
@@ -98,7 +96,7 @@ class WandbSink:
             run.config.update(_plain(config), allow_val_change=True)
         self.run = run
         run.define_metric(STEP_KEY, hidden=True)
-        run.define_metric("dynmon/*", step_metric=STEP_KEY)
+        run.define_metric(ALL_KEYS, step_metric=STEP_KEY)
         self._user_keys: set[str] = set()
         self._looks = 0
         self._event_rows: list[list[Any]] = []
@@ -119,7 +117,7 @@ class WandbSink:
         """One ``run.log`` with ``dynmon/step``, the chosen scalars and this look's heatmaps."""
         payload: dict[str, Any] = {STEP_KEY: int(step)}
         for k, v in scalars.items():
-            if k.startswith("dynmon/"):
+            if is_dynmon_key(k):
                 if self.per_head_scalars or not HEAD_KEY.match(k):
                     payload[k] = v
             elif self.user_scalars:
