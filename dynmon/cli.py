@@ -5,12 +5,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -19,21 +17,6 @@ def wandb_group(pack: str, preset: str, sets: list[str]) -> str:
     of one configuration land in one group."""
     keep = sorted(s.replace(" ", "") for s in sets if s.split("=", 1)[0].strip() != "seed")
     return "-".join([pack, preset, *keep])[:128]
-
-
-@contextlib.contextmanager
-def _env(name: str, value: str | None) -> Iterator[None]:
-    """Set an environment variable for the duration of a command (unset: leave it)."""
-    before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -64,18 +47,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise SystemExit(str(exc)) from None
     print(f"dynmon: running {args.pack} preset {preset!r} into {out}", flush=True)
     group = None
-    if args.wandb:  # wandb.init reads WANDB_RUN_GROUP; an explicit --group or env var wins
+    if args.wandb:  # an explicit --group, else the user's WANDB_RUN_GROUP, else the config's
         group = (
             args.group
             or os.environ.get("WANDB_RUN_GROUP")
             or wandb_group(args.pack, preset, list(args.set or []))
         )
         print(f"dynmon: W&B group {group!r}", flush=True)
-    with _env("WANDB_RUN_GROUP", group):
-        try:
-            summary = pack.run(config, out, wandb=args.wandb)
-        except RunFolderBusy as exc:  # another process started writing --out meanwhile
-            raise SystemExit(f"dynmon run {args.pack}: {exc}") from None
+    try:
+        summary = pack.run(config, out, wandb=args.wandb, group=group)
+    except RunFolderBusy as exc:  # another process started writing --out meanwhile
+        raise SystemExit(f"dynmon run {args.pack}: {exc}") from None
     index = make_report(out)
     headline = {k: v for k, v in (summary or {}).items() if not isinstance(v, (dict, list))}
     print(json.dumps(headline, indent=2, default=str))

@@ -530,8 +530,11 @@ class Monitor:
         try:
             for s in specs:
                 self.sinks.append(make_sink(s, self.run_dir))
-        except BaseException:  # e.g. the folder is locked: release what was opened
-            for sink in self.sinks:
+        except BaseException:  # e.g. the folder is locked: release what was opened, and the
+            # sinks handed in ready-made (a W&B run a pack started with its group), as a start
+            # that fails later closes them too
+            handed = [s for s in specs if not isinstance(s, str) and s not in self.sinks]
+            for sink in [*self.sinks, *handed]:
                 with contextlib.suppress(Exception):
                     sink.close()
             raise

@@ -1,8 +1,9 @@
 """Experiment packs: each a model + data + loop + presets (+ theory), run from the CLI.
 
 A pack is a module exposing ``PRESETS: dict[str, <frozen dataclass config>]``,
-``DEFAULT_PRESET: str`` and ``run(config, out: Path, *, wandb: bool = False) -> dict``
-(the returned dict is the run's summary).
+``DEFAULT_PRESET: str`` and ``run(config, out: Path, *, wandb: bool = False, group: str | None =
+None) -> dict`` (the returned dict is the run's summary; ``group`` is the W&B group, handed to
+``dynmon.make_sink``).
 """
 
 from __future__ import annotations

@@ -349,3 +349,24 @@ def test_sinks_get_nonfinite_floats_and_the_run_folder_encodes_them(tmp_path):
     run = load_run(tmp_path)
     assert math.isnan(run.summary["best"]) and run.events[0]["value"] == math.inf
     assert math.isnan(run.config["run"]["lr"])
+
+
+def test_a_failed_start_closes_the_sinks_handed_in(tmp_path):
+    """A sink built before the Monitor (a pack's W&B run in its group) is closed when the start
+    fails on the run folder, as one opened by the Monitor is."""
+    import dynmon
+    from dynmon.lock import RunFolderBusy
+
+    closed = []
+
+    class Handed(_Recorder):
+        def close(self):
+            closed.append(True)
+
+    first = dynmon.Monitor(torch.nn.Linear(2, 2), run_dir=tmp_path, metrics=[])
+    with pytest.raises(RunFolderBusy):
+        dynmon.Monitor(
+            torch.nn.Linear(2, 2), run_dir=tmp_path, metrics=[], sinks=["local", Handed()]
+        )
+    first.close()
+    assert closed == [True]

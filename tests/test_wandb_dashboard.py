@@ -174,8 +174,8 @@ def test_seeds_of_one_configuration_share_a_group(tmp_path):
     c = wandb_group("grokking", "quick", ["lr=3e-3", "seed=1"])
     assert a == b == "grokking-quick-lr=1e-3" and c != a
     assert wandb_group("demo", "tiny", []) == "demo-tiny"
-    # `dynmon run --wandb` passes the group in WANDB_RUN_GROUP; a fresh process (as the CLI is)
-    # starting the "wandb" sink must land in it
+    # a user's WANDB_RUN_GROUP still reaches the "wandb" sink when no group is passed (`dynmon run
+    # --wandb` passes its own explicitly): a fresh process starting the sink must land in it
     code = (
         "import sys; from dynmon.sinks import make_sink; "
         "s = make_sink('wandb', sys.argv[1]); print('GROUP=' + s.run.group); s.close()"

@@ -16,11 +16,12 @@ SPECS = ("local", "wandb", "tensorboard")
 TENSORBOARD_DIR = "tensorboard"  # inside the run folder
 
 
-def make_sink(spec: str | Sink, run_dir: str | Path) -> Sink:
+def make_sink(spec: str | Sink, run_dir: str | Path, *, group: str | None = None) -> Sink:
     """Turn ``"local"``, ``"wandb"``, ``"tensorboard"`` or a Sink into a sink for ``run_dir``.
 
     ``"wandb"`` starts a run named after the run folder (project ``WANDB_PROJECT`` or ``dynmon``,
-    files under ``WANDB_DIR`` or the run folder) or joins the active ``wandb.run``;
+    files under ``WANDB_DIR`` or the run folder, in the W&B ``group`` given, else the one
+    ``WANDB_RUN_GROUP`` names) or joins the active ``wandb.run``;
     ``"tensorboard"`` writes event files into ``<run_dir>/tensorboard``.
     """
     if isinstance(spec, str):
@@ -32,7 +33,7 @@ def make_sink(spec: str | Sink, run_dir: str | Path) -> Sink:
             return WandbSink(
                 project=None if os.environ.get("WANDB_PROJECT") else "dynmon",
                 name=run_dir.resolve().name,
-                group=os.environ.get("WANDB_RUN_GROUP"),  # wandb reads it only at first setup
+                group=group or os.environ.get("WANDB_RUN_GROUP"),
                 dir=None if os.environ.get("WANDB_DIR") else run_dir,
             )
         if name == "tensorboard":

@@ -148,7 +148,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict:
+def run(
+    config: GrokkingConfig, out: Path | str, *, wandb: bool = False, group: str | None = None
+) -> dict:
     """Train with the Monitor attached; write the run folder; return the summary.
 
     The loop runs with ``cfg.threads`` CPU threads, or the count ``pick_threads`` picks from the
@@ -162,7 +164,7 @@ def run(config: GrokkingConfig, out: Path | str, *, wandb: bool = False) -> dict
     params = trainable(model)
     threads = pick_threads(cfg.threads, sum(p.numel() for p in params), device)
     with torch_threads(threads):
-        return _train(cfg, out, wandb, ds, model, params)
+        return _train(cfg, out, wandb, ds, model, params, group)
 
 
 def _train(
@@ -172,6 +174,7 @@ def _train(
     ds: Dataset,
     model: torch.nn.Module,
     params: list[torch.Tensor],
+    group: str | None = None,
 ) -> dict:
     """The loop of :func:`run` (with its thread count set)."""
     import dynmon
@@ -213,7 +216,7 @@ def _train(
         run_dir=out,
         schedule=dynmon.every(cfg.look_every) | dynmon.logspace(1, cfg.steps, 30),
         metrics=metrics,
-        sinks=["local", "wandb"] if wandb else ["local"],
+        sinks=["local", dynmon.make_sink("wandb", out, group=group)] if wandb else ["local"],
         loss_fn=loss_fn,
         probe_batch=probe,
         optimizer=opt,

@@ -84,7 +84,9 @@ def distance_to_final(history: dict[int, Factors]) -> dict[str, Any]:
     return out
 
 
-def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dict:
+def run(
+    config: InductionConfig, out: Path | str, *, wandb: bool = False, group: str | None = None
+) -> dict:
     """Train with the Monitor attached; write the run folder and its figure; return the summary.
 
     The loop runs with ``config.threads`` CPU threads, or the count ``pick_threads`` picks from
@@ -93,10 +95,12 @@ def run(config: InductionConfig, out: Path | str, *, wandb: bool = False) -> dic
     model = build_model(config)
     n_params = sum(p.numel() for p in trainable(model))
     with torch_threads(pick_threads(config.threads, n_params, config.device)):
-        return _train(config, Path(out), wandb, model)
+        return _train(config, Path(out), wandb, model, group)
 
 
-def _train(cfg: InductionConfig, out: Path, wandb: bool, model: torch.nn.Module) -> dict:
+def _train(
+    cfg: InductionConfig, out: Path, wandb: bool, model: torch.nn.Module, group: str | None = None
+) -> dict:
     """The loop of :func:`run` (with its thread count set)."""
     import dynmon
 
@@ -122,7 +126,7 @@ def _train(cfg: InductionConfig, out: Path, wandb: bool, model: torch.nn.Module)
         run_dir=out,
         schedule=dynmon.every(cfg.look_every),  # regular looks: distances per look_every steps
         metrics=metrics,
-        sinks=["local", "wandb"] if wandb else ["local"],
+        sinks=["local", dynmon.make_sink("wandb", out, group=group)] if wandb else ["local"],
         loss_fn=next_token_loss,
         probe_batch=probe.tokens[: cfg.sharpness_batch],
         optimizer=opt,

@@ -64,16 +64,18 @@ def theory_levels(cfg: LinearICLConfig, lam: torch.Tensor) -> dict[int, float]:
     return {m: levels[m] for m in ms}
 
 
-def run(config: LinearICLConfig, out: Path | str, *, wandb: bool = False) -> dict:
+def run(
+    config: LinearICLConfig, out: Path | str, *, wandb: bool = False, group: str | None = None
+) -> dict:
     """Train with the Monitor attached; write the run folder(s); return the summary."""
     # linear attention on D+1 tokens: a few hundred parameters, so one thread (see ..threads)
     with torch_threads(pick_threads(config.threads, 0, "cpu")):
         if parse_ranks(config.ranks):
-            return _sweep(config, Path(out), wandb)
-        return _run_one(config, Path(out), wandb)
+            return _sweep(config, Path(out), wandb, group)
+        return _run_one(config, Path(out), wandb, group)
 
 
-def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool) -> dict:
+def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = None) -> dict:
     import dynmon
 
     from . import plots
@@ -99,7 +101,7 @@ def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool) -> dict:
         run_dir=out,
         schedule=dynmon.every(cfg.look_every),
         metrics=metrics,
-        sinks=["local", "wandb"] if wandb else ["local"],
+        sinks=["local", dynmon.make_sink("wandb", out, group=group)] if wandb else ["local"],
         loss_fn=loss_fn,
         probe_batch=stats,
         optimizer=opt,
@@ -351,7 +353,7 @@ def _sigma_fit(cfg: LinearICLConfig, history: dict[str, list[tuple[int, float]]]
     }
 
 
-def _sweep(cfg: LinearICLConfig, out: Path, wandb: bool) -> dict:
+def _sweep(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = None) -> dict:
     """One run per R into ``out/R<r>/``; ``out`` holds the test losses side by side."""
     import dynmon
 
@@ -360,7 +362,7 @@ def _sweep(cfg: LinearICLConfig, out: Path, wandb: bool) -> dict:
     runs: dict[str, dict] = {}
     for r in parse_ranks(cfg.ranks):
         sub = dataclasses.replace(cfg, R=r, ranks="")
-        runs[f"R{r}"] = _run_one(sub, out / f"R{r}", wandb)
+        runs[f"R{r}"] = _run_one(sub, out / f"R{r}", wandb, group)
     curves = {
         name: [(row["step"], row["test/loss"]) for row in _rows(out / name) if "test/loss" in row]
         for name in runs
