@@ -217,7 +217,23 @@ class NormCurvature(_Streaming):
 # -- the series the Monitor runs ------------------------------------------------------------
 
 
-class LossAutocorrSeries:
+class _OverStream:
+    """A series over one streaming calculator (``self.stream``): its state is the stream's, and
+    nothing waits for the end (a centred estimate's last ``window // 2`` logs have no window)."""
+
+    stream: AutocorrCurvature | NormCurvature
+
+    def finalize(self, step: int) -> Rows:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state_dict(state)
+
+
+class LossAutocorrSeries(_OverStream):
     """``dynmon/loss_autocorr_curv``: the autocorrelation curvature of the last ``window``
     logged losses, fed every logged loss and written on look rows only."""
 
@@ -235,18 +251,8 @@ class LossAutocorrSeries:
         value = self.stream.update(step, values[self.keys[0]])
         return {step: {self.output: value}} if look and value is not None else {}
 
-    def finalize(self, step: int) -> Rows:
-        """Nothing waits for the end: every value was written when its window filled."""
-        return {}
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)
-
-
-class NormCurvatureSeries:
+class NormCurvatureSeries(_OverStream):
     """``dynmon/norm_curvature``: the curvature of the logged weight norm over the last
     ``window`` logs, written at the window's middle step (a centred estimate)."""
 
@@ -265,16 +271,6 @@ class NormCurvatureSeries:
         if curv is None or self.stream.middle_step is None:
             return {}
         return {self.stream.middle_step: {self.output: curv}}
-
-    def finalize(self, step: int) -> Rows:
-        """Nothing waits for the end: the last ``window // 2`` logs have no centred window."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.stream.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stream.load_state_dict(state)
 
 
 def default_series(options: Mapping[str, Any]) -> list[Series]:
