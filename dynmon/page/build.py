@@ -13,6 +13,7 @@ from typing import Any
 from dynmon.page.compare import compare_payload, differing_keys, flatten, seed_groups
 from dynmon.page.payload import placed_events, run_payload
 from dynmon.page.render import copy_plotly, events_table, page, table, write_atomic
+from dynmon.page.summary import summary_tables
 from dynmon.page.tail import RunTail
 
 INDEX = "index.html"
@@ -62,9 +63,11 @@ def run_page(
     if packs:
         sections.append(("pack", "The pack's own figures", _figures(packs)))
     sections.append(("events", "Events", events_table(placed_events(tail.events))))
-    sections.append(
-        ("summary", "Summary", table(["key", "value"], list(flatten(tail.summary).items())))
+    grouped = "".join(
+        f"<h3>{html.escape(title)}</h3>" + table(head, rows)
+        for title, head, rows in summary_tables(tail.summary)
     )
+    sections.append(("summary", "Summary", grouped or '<p class="empty">none</p>'))
     sections.append(
         ("config", "Configuration", table(["key", "value"], list(flatten(tail.config).items())))
     )
