@@ -14,6 +14,14 @@ smoothed over 5 looks, the induction pack's rule), and their distance. Usage::
     python scripts/gpt2_head_roles.py --out runs/gpt2-roles --seeds 0 1 2 [--steps 2000]
 
 Writes ``OUT/seed<k>/`` run folders and ``OUT/gpt2_head_roles.json``.
+
+Measured (2 CPU cores shared with other jobs, 3 seeds in parallel): no induction head formed.
+With the pack's fixed 24-token segment, the probe's repeated-token loss fell (steepest drop at
+steps 1,225 / 650 / 725 for seeds 0 / 1 / 2, final loss 1.8-2.8 on the probe, 0.66 on the pack's
+probe for seed 1) but through heads that look back a fixed 23-24 positions (the most likely
+distance between the copies) and layer-1 heads on recent tokens: induction score ≤ 0.13, no
+``role_formed`` event. With the length drawn from 16..32, 2,500 steps: the repeated-token loss
+fell only to 3.6-4.0 and the induction score stayed ≤ 0.09 on every seed.
 """
 
 from __future__ import annotations
