@@ -175,7 +175,7 @@ def _head_roles_section() -> SectionSpec:
                 "media",
                 keys=tuple(
                     f"dynmon/heatmap/{m}/{'OV' if m == 'copying_score' else 'attn'}"
-                    for m in ROLE_SCORES
+                    for m in (*ROLE_SCORES, "attn_entropy", "sink_mass")
                 ),
             ),
         ),
