@@ -1,8 +1,9 @@
 """A plain training loop, not a pack: HF GPT-2 learns the induction task while dynmon watches roles.
 
-``GPT2LMHeadModel`` (2 layers, 4 heads, n_embd 64, random init, dropout off) trains with AdamW on
-the induction pack's task (64 random tokens from 64, a segment written twice; its length drawn
-from 16..32 for each batch, so that only induction predicts the copy) with
+``GPT2LMHeadModel`` (2 layers, 4 heads, n_embd 64, random init with N(0, 1) token and position
+embeddings and an untied ``lm_head``, as the induction pack's model; dropout off) trains with
+AdamW on the induction pack's task (64 random tokens from 64, a segment written twice; its
+length drawn from 16..32 for each batch, so that only induction predicts the copy) with
 
     Monitor(model, metrics={"economy": None, "head_roles": every(25)})
 
@@ -15,13 +16,24 @@ smoothed over 5 looks, the induction pack's rule), and their distance. Usage::
 
 Writes ``OUT/seed<k>/`` run folders and ``OUT/gpt2_head_roles.json``.
 
-Measured (2 CPU cores shared with other jobs, 3 seeds in parallel): no induction head formed.
-With the pack's fixed 24-token segment, the probe's repeated-token loss fell (steepest drop at
-steps 1,225 / 650 / 725 for seeds 0 / 1 / 2, final loss 1.8-2.8 on the probe, 0.66 on the pack's
-probe for seed 1) but through heads that look back a fixed 23-24 positions (the most likely
-distance between the copies) and layer-1 heads on recent tokens: induction score ≤ 0.13, no
-``role_formed`` event. With the length drawn from 16..32, 2,500 steps: the repeated-token loss
-fell only to 3.6-4.0 and the induction score stayed ≤ 0.09 on every seed.
+Measured (2 CPU cores, 3 seeds in parallel, 2,000 steps): induction heads form on every seed, the
+``role_formed`` event at the steepest drop of the repeated-token loss:
+
+====  ===================================================  ==============  ==========
+seed  first role_formed (induction)                        steepest drop   distance
+====  ===================================================  ==============  ==========
+0     induction head L1.H2 formed at step 350 (score 0.64)  350             0
+1     induction head L1.H1 formed at step 375 (score 0.69)  400             −25
+2     induction head L1.H1 formed at step 375 (score 0.54)  375             0
+====  ===================================================  ==============  ==========
+
+Final induction score 0.69 / 0.70 / 0.57, probe repeated-token loss 0.85 / 0.83 / 1.37 (from
+ln 64 = 4.16); previous-token heads form in layer 0 as well (score 0.41-0.50, steps 375-575).
+Two choices matter. Embeddings: with GPT-2's own 0.02-std ``wte``/``wpe`` no induction head
+formed within 1,500-2,500 steps in any setting tried (the induction pack's note on TransformerLens'
+init says the same); ``EMBED_INIT=0`` reproduces that. The segment length: with the pack's fixed
+24 tokens the repeated-token loss fell anyway, through layer-0 heads that look back a fixed 23-24
+positions (the likeliest distance between the copies) checked by an MLP: induction score ≤ 0.13.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 LOOK_EVERY = 25
+EMBED_INIT = float(__import__("os").environ.get("EMBED_INIT", "1.0"))  # std of wte, wpe
 SEGMENT = (16, 32)  # segment lengths drawn per batch (both copies fit in the 64 tokens)
 
 
@@ -59,8 +72,13 @@ def train(seed: int, steps: int, out: Path, lr: float = 3e-3) -> dict[str, Any]:
         attn_pdrop=0.0,
         bos_token_id=0,
         eos_token_id=0,
+        tie_word_embeddings=EMBED_INIT == 0,  # N(0, 1) input embeddings, lm_head as GPT-2's
     )
     model = transformers.GPT2LMHeadModel(config)
+    if EMBED_INIT > 0:  # the induction pack's reason: GPT-2's 0.02 embeddings sit on a plateau
+        with torch.no_grad():
+            for w in (model.transformer.wte.weight, model.transformer.wpe.weight):  # [V|T, D]
+                w.normal_(0.0, EMBED_INIT)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)  # the training stream
     mon = dynmon.Monitor(
