@@ -32,20 +32,22 @@ ln 64 = 4.16); previous-token heads form in layer 0 as well (score 0.41-0.50, st
 Two choices matter. Embeddings: with GPT-2's own 0.02-std ``wte``/``wpe`` no induction head
 formed within 1,500-2,500 steps in any setting tried (the induction pack's note on TransformerLens'
 init says the same); ``EMBED_INIT=0`` reproduces that. The segment length: with the pack's fixed
-24 tokens the repeated-token loss fell anyway, through layer-0 heads that look back a fixed 23-24
-positions (the likeliest distance between the copies) checked by an MLP: induction score ≤ 0.13.
+24 tokens (and GPT-2's init) the repeated-token loss fell anyway, through layer-0 heads that
+look back a fixed 23-24 positions (the likeliest distance between the copies) checked by an MLP:
+induction score ≤ 0.13.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 LOOK_EVERY = 25
-EMBED_INIT = float(__import__("os").environ.get("EMBED_INIT", "1.0"))  # std of wte, wpe
+EMBED_INIT = float(os.environ.get("EMBED_INIT", "1.0"))  # std of wte and wpe; 0: GPT-2's own
 SEGMENT = (16, 32)  # segment lengths drawn per batch (both copies fit in the 64 tokens)
 
 
