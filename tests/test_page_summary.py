@@ -35,3 +35,26 @@ def test_groups_records_run_info_and_skips_empty():
     assert tables["Run"][1] == [["seconds", 12.5], ["threads", 1]]
     assert ["disabled_metrics", {}] not in tables["Monitor"][1]
     assert "hessian_trace" not in tables
+
+
+def test_head_roles_section(tmp_path):
+    """Best head per role at the last look and the formation events, from a written run."""
+    from dynmon.page.build import write_run_page
+    from dynmon.runfolder import dumps_line
+
+    (tmp_path / "config.json").write_text('{"dynmon": {}}')
+    rows = []
+    for step in (0, 10, 20):
+        row = {"step": step, "loss": 1.0 / (step + 1), "dynmon/icl_score": -0.1 * step}
+        for h in range(2):
+            row[f"dynmon/induction_score/L1.H{h}.attn"] = 0.01 * step * (h + 1)
+            row[f"dynmon/prev_token_score/L0.H{h}.attn"] = 0.5 - 0.1 * h
+        rows.append(dumps_line(row) + "\n")
+    (tmp_path / "metrics.jsonl").write_text("".join(rows))
+    event = {"kind": "role_formed", "step": 20, "at": 10, "role": "induction", "head": "L1.H1"}
+    (tmp_path / "events.jsonl").write_text(dumps_line({**event, "score": 0.4}) + "\n")
+    page = write_run_page(tmp_path).read_text()
+    section = page[page.index("Head roles") :]
+    assert "Best head per role" in section and "L1.H1" in section and "0.4" in section
+    assert "prev_token_score" in section and "L0.H0" in section
+    assert "role_formed" in section and "-2" in section  # the last in-context score

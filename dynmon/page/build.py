@@ -13,6 +13,7 @@ from typing import Any
 from dynmon.page.compare import compare_payload, differing_keys, flatten, seed_groups
 from dynmon.page.payload import placed_events, run_payload
 from dynmon.page.render import copy_plotly, events_table, page, table, write_atomic
+from dynmon.page.roles import best_heads, icl_rows, role_events
 from dynmon.page.summary import summary_tables
 from dynmon.page.tail import RunTail
 
@@ -63,6 +64,17 @@ def run_page(
     if packs:
         sections.append(("pack", "The pack's own figures", _figures(packs)))
     sections.append(("events", "Events", events_table(placed_events(tail.events))))
+    best = best_heads(tail)
+    if best:  # head_roles ran: best head per role, formation events, in-context score
+        body = "<h3>Best head per role (last look)</h3>"
+        body += table(["role", "head", "score", "step"], best)
+        formed = role_events(tail.events)
+        body += "<h3>Formation events</h3>" + table(["at", "kind", "role", "head", "score"], formed)
+        icl = icl_rows(tail)
+        if icl:
+            body += "<h3>In-context score (repeated − first-occurrence loss)</h3>"
+            body += table(["", "step", "icl_score"], icl)
+        sections.append(("roles", "Head roles", body))
     grouped = "".join(
         f"<h3>{html.escape(title)}</h3>" + table(head, rows)
         for title, head, rows in summary_tables(tail.summary)
