@@ -63,7 +63,9 @@ def cholesky_factor(G: Tensor, eps: float) -> CholFactor:
     good = info == 0
     R = torch.where(good[..., None, None], R, eye)  # keep the solve finite where it failed
     R_inv = torch.linalg.solve_triangular(R, eye.expand_as(R), upper=True)
-    lam = torch.linalg.eigvalsh(G)  # [..., dh] ascending
+    # the decision needs κ² only up to about GRAM_TOL/eps: float32 eigenvalues resolve that for
+    # float32 factors (λmin to eps32·λmax ≪ the threshold's λmax/417) at half the cost
+    lam = torch.linalg.eigvalsh(G if eps < 1e-10 else G.float()).double()  # [..., dh] ascending
     kappa_sq = _KAPPA_MARGIN * lam[..., -1] / lam[..., 0]  # inf/negative when singular
     ok = good & (lam[..., 0] > 0) & torch.isfinite(kappa_sq) & (eps * kappa_sq <= GRAM_TOL)
     return CholFactor(R=R, R_inv=R_inv, ok=ok)
