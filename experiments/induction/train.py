@@ -136,6 +136,7 @@ def _train(
     from dynmon.progress import Progress, latest_event
 
     start = time.perf_counter()
+    seconds_in_monitor = 0.0  # inside Monitor.step, looks included
     with mon, Progress(cfg.steps, f"induction {cfg.n_layers}-layer") as bar:
         mon.step(0)
         history[0] = head_weights(model)
@@ -145,7 +146,9 @@ def _train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            t_mon = time.perf_counter()
             mon.step(step, loss=loss.detach())
+            seconds_in_monitor += time.perf_counter() - t_mon
             bar.update(step, loss=loss.detach().item(), event=latest_event(mon.last_event))
             if step % cfg.look_every == 0 or step == cfg.steps:
                 history[step] = head_weights(model)
@@ -155,6 +158,7 @@ def _train(
             steps_run=cfg.steps,
             seconds=round(elapsed, 2),
             steps_per_s=round(cfg.steps / elapsed, 2),
+            seconds_in_monitor=round(seconds_in_monitor, 2),
             threads=torch.get_num_threads(),
         )
         for kind, step_key in (
