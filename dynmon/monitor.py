@@ -808,7 +808,6 @@ class Monitor:
             is_reference=ref,
             store_device=self.options.get("snapshot_device"),
             vectors="head_svd" in needs,
-            chunk_bytes=int(float(self.options.get("look_chunk_mb", 128)) * 2**20),
         )
         ctx.spectra, ctx.n_heads, ctx.head_ranks = result.spectra, result.n_heads, result.ranks
         ctx.head_blocks, ctx.head_state, ctx.svd = result.blocks, result.state, result.svd

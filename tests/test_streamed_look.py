@@ -322,28 +322,3 @@ def test_nonfinite_heads_are_nan_and_recover(tmp_path):
     assert not math.isnan(run.series("dynmon/erank/L0.H0.QK")[1][2])
     steps, d = run.series("dynmon/subspace_dist/L0.H0.QK")
     assert steps[-1] == 3 and d[-1] == pytest.approx(0.0, abs=1e-6)
-
-
-def test_chunked_and_layer_by_layer_passes_agree():
-    """Batching layers into one pass (small models) gives the per-layer values."""
-    torch.manual_seed(4)
-    layers0 = [
-        head_weights(*(torch.randn(4, 32, 8) for _ in range(3)), torch.randn(4, 8, 32))
-        for _ in range(3)
-    ]
-    layers1 = [
-        head_weights(*(t + 0.01 * torch.randn_like(t) for t in (h.W_Q, h.W_K, h.W_V, h.W_O)))
-        for h in layers0
-    ]
-    out = {}
-    for budget in (0, 2**30):  # every layer alone; all three in one chunk
-        first = head_pass(layers0, track=True, is_reference=True, chunk_bytes=budget)
-        assert len(first.state) == (3 if budget == 0 else 1)
-        out[budget] = head_pass(
-            layers1, track=True, prev=first.state, ref=first.state, chunk_bytes=budget
-        )
-    for c in ("QK", "OV"):
-        torch.testing.assert_close(out[0].spectra[c], out[2**30].spectra[c], rtol=1e-6, atol=0)
-        for which in ("prev", "ref"):
-            for a, b in zip(out[0].blocks[c][which], out[2**30].blocks[c][which], strict=True):
-                torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

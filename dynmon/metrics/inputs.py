@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,6 @@ from dynmon.metrics.gram import cholesky_factor, gram, qr_factor, working_dtype
 CIRCUITS = ("QK", "OV")
 _CIRCUIT_FACTORS = {"QK": ("Q", "K"), "OV": ("V", "O")}
 STATE_VERSION = 2
-CHUNK_BYTES = 128 * 2**20  # attention weights batched together in one pass (option look_chunk_mb)
 
 
 def head_factors(heads: Iterable[HeadWeights]) -> dict[str, tuple[Tensor, Tensor]]:
@@ -125,7 +124,6 @@ def layer_pass(
     is_reference: bool = False,
     store_device: torch.device | str | None = None,
     vectors: bool = False,
-    fresh: bool = False,
 ) -> LayerResult:
     """Spectra (and, if ``track``, drift against ``prev``/``ref`` states) of one layer's heads.
 
@@ -235,10 +233,7 @@ def layer_pass(
         dev = store_device
         result.state = {
             "version": STATE_VERSION,
-            "F": {  # a copy of the factors (a chunk's own concatenation needs none)
-                f: F.detach().to(device=dev or F.device, copy=not (fresh and F._base is None))
-                for f, F in factors.items()
-            },
+            "F": {f: F.detach().to(device=dev or F.device, copy=True) for f, F in factors.items()},
             "G": {f: G.to(dev or G.device) for f, G in grams.items()},
             "C": (
                 {f: grams[f].to(dev or grams[f].device) for f in factors}
@@ -292,39 +287,6 @@ def _pad_stack(rows: list[Tensor], n_heads: list[int], r_max: int, fill_r: float
     return out
 
 
-def _chunks(layers: Iterable[HeadWeights], budget: int) -> Iterator[list[HeadWeights]]:
-    """Consecutive layers of one shape, dtype and device, up to ``budget`` bytes of weights."""
-    chunk: list[HeadWeights] = []
-    size, kind = 0, None
-    for hw in layers:
-        tensors = (hw.W_Q, hw.W_K, hw.W_V, hw.W_O)
-        this = (tuple(t.shape for t in tensors), hw.n_kv_heads, hw.W_Q.dtype, hw.W_Q.device)
-        nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        if chunk and (this != kind or size + nbytes > budget):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(hw)
-        size, kind = size + nbytes, this
-    if chunk:
-        yield chunk
-
-
-def _merged(chunk: list[HeadWeights]) -> HeadWeights:
-    """One HeadWeights whose heads are the chunk's layers' heads in order (grouped K/V too)."""
-    if len(chunk) == 1:
-        return chunk[0]
-    first = chunk[0]
-    return HeadWeights(
-        name="+".join(h.name for h in chunk),
-        layer=first.layer,
-        W_Q=torch.cat([h.W_Q for h in chunk]),  # [c*H, D, dh]
-        W_K=torch.cat([h.W_K for h in chunk]),  # [c*H_kv (or c*H), D, dh]
-        W_V=torch.cat([h.W_V for h in chunk]),
-        W_O=torch.cat([h.W_O for h in chunk]),  # [c*H, dh, D]
-        n_kv_heads=first.n_kv_heads * len(chunk) if first.n_kv_heads else None,
-    )
-
-
 def head_pass(
     layers: Iterable[HeadWeights],
     *,
@@ -334,13 +296,8 @@ def head_pass(
     is_reference: bool = False,
     store_device: torch.device | str | None = None,
     vectors: bool = False,
-    chunk_bytes: int = CHUNK_BYTES,
 ) -> HeadPass:
-    """Run ``layer_pass`` over chunks of layers (consecutive layers of one shape, at most
-    ``chunk_bytes`` of attention weights together; a larger layer is a chunk alone), freeing
-    each old state as it goes. Chunks batch the small per-head linear algebra of small models
-    into few calls; a large model is streamed one layer at a time. States are kept per chunk.
-    """
+    """Run ``layer_pass`` over the layers one at a time, freeing each old state as it goes."""
     spectra: dict[str, list[Tensor]] = {c: [] for c in CIRCUITS}
     blocks: dict[str, dict[str, list[tuple[Tensor, Tensor]]]] = {c: {} for c in CIRCUITS}
     svd: dict[str, list[tuple[Tensor, Tensor, Tensor]]] = {c: [] for c in CIRCUITS}
@@ -348,33 +305,28 @@ def head_pass(
     states: list[dict[str, Any]] = []
     free_prev = isinstance(prev, list) and prev is not ref
     n_bad = 0
-    for i, chunk in enumerate(_chunks(layers, chunk_bytes)):
+    for i, hw in enumerate(layers):
         old = prev[i] if isinstance(prev, list) and i < len(prev) else None
         old_ref = ref[i] if isinstance(ref, list) and i < len(ref) else None
         res = layer_pass(
-            _merged(chunk),
+            hw,
             track=track,
             prev=old,
             ref=old_ref,
             is_reference=is_reference,
             store_device=store_device,
             vectors=vectors,
-            fresh=len(chunk) > 1,
         )
         if free_prev and i < len(prev):
-            prev[i] = None  # type: ignore[call-overload]  # the old chunk's copy can go now
+            prev[i] = None  # type: ignore[call-overload]  # the old layer's copy can go now
+        n_heads.append(hw.n_heads)
         n_bad += sum(int(b.sum()) for b in res.nonfinite.values())  # sync point
-        offset = 0
-        for hw in chunk:  # [chunk heads, ...] -> per layer
-            part = slice(offset, offset + hw.n_heads)
-            offset += hw.n_heads
-            n_heads.append(hw.n_heads)
-            for c in CIRCUITS:
-                spectra[c].append(res.spectra[c][part])
-                for which, (b_U, b_V) in res.blocks.get(c, {}).items():
-                    blocks[c].setdefault(which, []).append((b_U[part], b_V[part]))
-                if vectors:
-                    svd[c].append(tuple(t[part] for t in res.svd[c]))
+        for c in CIRCUITS:
+            spectra[c].append(res.spectra[c])
+            for which, pair in res.blocks.get(c, {}).items():
+                blocks[c].setdefault(which, []).append(pair)
+            if vectors:
+                svd[c].append(res.svd[c])
         if res.state is not None:
             states.append(res.state)
     if n_bad:
