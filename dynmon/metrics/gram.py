@@ -31,7 +31,7 @@ __all__ = [
 # (tests/test_gram.py): the relative error of the circuit singular values is about 0.3·eps·κ²,
 # so float32 factors take the Gram path up to κ ≈ 29 (error ≤ 2e-5), float64 up to κ ≈ 1e6.
 GRAM_TOL = 2e-4
-_KAPPA_MARGIN = 4.0  # kept from the power-iteration estimate: the same κ ≤ 29 in float32
+_KAPPA_MARGIN = 4.0  # power steps underestimate κ²: float32 factors take the Gram path to κ ≈ 29
 
 
 def working_dtype(*xs: Tensor) -> torch.dtype:
@@ -54,6 +54,17 @@ class CholFactor:
     ok: Tensor  # bool [...]: Cholesky succeeded and eps·κ² <= GRAM_TOL
 
 
+def _max_eig(S: Tensor, iters: int = 10) -> Tensor:
+    """Largest eigenvalue ``[...]`` of symmetric PSD ``S`` by power steps (a lower bound)."""
+    n = S.shape[-1]
+    v = torch.linspace(1.0, 2.0, n, dtype=S.dtype, device=S.device).expand(S.shape[:-1])
+    v = v.unsqueeze(-1)  # [..., n, 1]: a fixed start, not orthogonal to a positive vector
+    for _ in range(iters):
+        w = S @ v
+        v = w / torch.linalg.vector_norm(w, dim=-2, keepdim=True).clamp_min(1e-300)
+    return (v.mT @ S @ v)[..., 0, 0]  # Rayleigh quotient of the unit vector
+
+
 def cholesky_factor(G: Tensor, eps: float) -> CholFactor:
     """Cholesky ``R`` of ``G = AᵀA`` and a trust flag from ``eps·κ(A)²`` (``κ² = λmax/λmin``
     of ``G``, from its float64 eigenvalues: one small batched call)."""
@@ -63,11 +74,11 @@ def cholesky_factor(G: Tensor, eps: float) -> CholFactor:
     good = info == 0
     R = torch.where(good[..., None, None], R, eye)  # keep the solve finite where it failed
     R_inv = torch.linalg.solve_triangular(R, eye.expand_as(R), upper=True)
-    # the decision needs κ² only up to about GRAM_TOL/eps: float32 eigenvalues resolve that for
-    # float32 factors (λmin to eps32·λmax ≪ the threshold's λmax/417) at half the cost
-    lam = torch.linalg.eigvalsh(G if eps < 1e-10 else G.float()).double()  # [..., dh] ascending
-    kappa_sq = _KAPPA_MARGIN * lam[..., -1] / lam[..., 0]  # inf/negative when singular
-    ok = good & (lam[..., 0] > 0) & torch.isfinite(kappa_sq) & (eps * kappa_sq <= GRAM_TOL)
+    # κ² = λmax(G)·λmax(G⁻¹) by power steps, which approach from below: hence the margin
+    lam_max = _max_eig(G)
+    lam_inv = _max_eig(R_inv @ R_inv.mT)  # G⁻¹ = R⁻¹R⁻ᵀ
+    kappa_sq = _KAPPA_MARGIN * lam_max * lam_inv
+    ok = good & torch.isfinite(kappa_sq) & (eps * kappa_sq <= GRAM_TOL)
     return CholFactor(R=R, R_inv=R_inv, ok=ok)
 
 
