@@ -66,6 +66,19 @@ LossFn = Callable[[nn.Module, Any], Tensor]
 # choosing parameters
 
 
+def selection_and_seed(
+    model: nn.Module, params: ParamSpec, generator: torch.Generator | None
+) -> tuple[nn.Module, dict[str, Tensor], int]:
+    """The unwrapped model, its selected trainable parameters (an error if none) and a seed
+    drawn from ``generator`` (a fixed one when None) for the estimator's private RNG."""
+    root = unwrap(model)
+    selected = select_params(root, params)
+    if not selected:
+        raise ValueError("the model has no parameter with requires_grad=True")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    return root, selected, int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+
+
 def select_params(model: nn.Module, params: ParamSpec = None) -> dict[str, Tensor]:
     """The parameters a Hessian is taken over, by ``named_parameters`` name, each once.
 
@@ -195,12 +208,7 @@ class HessianOperator:
         generator: torch.Generator | None = None,
         batched: bool | None = None,
     ) -> None:
-        root = unwrap(model)
-        selected = select_params(root, params)
-        if not selected:
-            raise ValueError("the model has no parameter with requires_grad=True")
-        g = generator if generator is not None else torch.Generator().manual_seed(0)
-        seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+        root, selected, seed = selection_and_seed(model, params, generator)
         with _isolated(root, train=dropout, seed=seed):
             loss = loss_fn(root, batch)
             if not isinstance(loss, Tensor) or loss.numel() != 1:

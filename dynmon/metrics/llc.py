@@ -35,10 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dynmon.adapters.unwrap import unwrap
 from dynmon.keys import key
 from dynmon.linalg import ConvergenceWarning
-from dynmon.metrics.curvature import ParamSpec, _isolated, select_params
+from dynmon.metrics.curvature import ParamSpec, _isolated, selection_and_seed
 from dynmon.metrics.gradnoise import _batch_size, _Loss
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 
@@ -237,12 +236,8 @@ def estimate_llc(
     if (batch is None) == (loader is None):
         raise ValueError("estimate_llc needs exactly one of batch= (full batch) or loader=")
     config.check()
-    root = unwrap(model)
-    selected = select_params(root, params)
-    if not selected:
-        raise ValueError("the model has no parameter with requires_grad=True")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device))
+    root, selected, seed = selection_and_seed(model, params, g)  # the seed comes from g first
     wrapper = _Loss(root, loss_fn)
     w0 = {"m." + k: p.detach() for k, p in selected.items()}
 
