@@ -26,8 +26,9 @@ import warnings
 import torch
 from torch import nn
 
+from dynmon.hessian import HessianOperator
 from dynmon.linalg import ConvergenceWarning, lanczos_eigenvalues, power_iteration
-from dynmon.metrics.curvature import HessianOperator, sharpness_metric
+from dynmon.metrics.curvature import sharpness_metric
 from dynmon.metrics.spec import LookContext
 
 VOCAB, D_MODEL, HEADS, LAYERS = 32, 32, 4, 2

@@ -35,9 +35,9 @@ _EXPORTS = {
     "default_detectors": "dynmon.events",
     "Series": "dynmon.curves",
     "make_report": "dynmon.report",
-    "hessian_eigenvalues": "dynmon.metrics.curvature",
-    "hessian_trace": "dynmon.metrics.curvature",
-    "hessian_density": "dynmon.metrics.curvature",
+    "hessian_eigenvalues": "dynmon.hessian",
+    "hessian_trace": "dynmon.hessian",
+    "hessian_density": "dynmon.hessian",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -13,17 +13,19 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import dynmon
-from dynmon.linalg import lanczos_eigenvalues
-from dynmon.metrics import curvature
-from dynmon.metrics.curvature import (
-    HESSIAN_TRACE,
-    SHARPNESS,
+from dynmon import hessian
+from dynmon.hessian import (
     HessianOperator,
     hessian_density,
     hessian_eigenvalues,
     hessian_trace,
-    hessian_trace_metric,
     select_params,
+)
+from dynmon.linalg import lanczos_eigenvalues
+from dynmon.metrics.curvature import (
+    HESSIAN_TRACE,
+    SHARPNESS,
+    hessian_trace_metric,
     sharpness_metric,
 )
 from dynmon.metrics.spec import LookContext
@@ -379,7 +381,7 @@ def test_trace_metric_and_missing_inputs():
     assert SHARPNESS.needs == HESSIAN_TRACE.needs == frozenset({"curvature"})
     assert SHARPNESS.cost == HESSIAN_TRACE.cost == "opt-in"
     assert "preconditioned" in SHARPNESS.doc
-    assert dynmon.hessian_eigenvalues is curvature.hessian_eigenvalues
+    assert dynmon.hessian_eigenvalues is hessian.hessian_eigenvalues
 
 
 def test_monitor_logs_sharpness_with_eos(tmp_path):

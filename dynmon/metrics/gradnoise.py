@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dynmon.adapters.unwrap import unwrap
+from dynmon.hessian import ParamSpec, _isolated, select_params
 from dynmon.keys import key
-from dynmon.metrics.curvature import ParamSpec, _isolated, select_params
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 
 __all__ = [

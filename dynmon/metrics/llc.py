@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dynmon.hessian import ParamSpec, _isolated, selection_and_seed
 from dynmon.keys import key
 from dynmon.linalg import ConvergenceWarning
-from dynmon.metrics.curvature import ParamSpec, _isolated, selection_and_seed
 from dynmon.metrics.gradnoise import _batch_size, _Loss
 from dynmon.metrics.spec import LookContext, MetricSpec, Output
 
