@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from dynmon.keys import is_dynmon_key
 from dynmon.trend import Trend
 
 __all__ = [
@@ -672,7 +673,7 @@ def default_detectors(
     appear. ``plateau`` / ``onset`` override the configurations (e.g. a smaller ``window`` for
     scalars logged every few steps in a short run).
     """
-    names = sorted({k for k in keys if not k.startswith("dynmon/")})
+    names = sorted({k for k in keys if not is_dynmon_key(k)})
     dets: list[Detector] = []
     for k in names:
         if is_loss_key(k):

@@ -11,7 +11,10 @@ if TYPE_CHECKING:  # keep `load_run` and `dynmon report` free of the torch impor
 PREFIX = "dynmon"
 HEAD_KEY = re.compile(
     r"^dynmon/(?P<metric>[^/]+)/L(?P<layer>\d+)\.H(?P<head>\d+)\.(?P<circuit>\w+)$"
-)
+)  # one head's value: dynmon/erank/L0.H1.QK
+LAYER_KEY = re.compile(
+    r"^dynmon/(?P<metric>[^/]+)/L(?P<layer>\d+)\.(?P<circuit>\w+)$"
+)  # one layer's mean over its heads: dynmon/erank/L0.QK
 
 
 def key(metric: str, target: str | None = None) -> str:

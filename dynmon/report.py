@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from dynmon.keys import HEAD_KEY
+from dynmon.keys import HEAD_KEY, LAYER_KEY, PREFIX, is_dynmon_key
+from dynmon.keys import key as key_of
 from dynmon.runfolder import Run, load_run
 
 DPI = 120
@@ -117,9 +118,6 @@ def save_figure(fig: Any, run_dir: str | Path, name: str) -> Path:
     return path
 
 
-LAYER_KEY = re.compile(r"^dynmon/(?P<metric>[^/]+)/L(?P<layer>\d+)\.(?P<circuit>\w+)$")
-
-
 def make_report(run_dir: str | Path, out: str | Path | None = None, *, png: bool = True) -> Path:
     """Write a run folder's interactive page ``<out>/index.html`` (plotly.js beside it; see
     ``dynmon.page``) and, with ``png``, its static figures into ``<out>/plots/`` (for papers;
@@ -166,7 +164,7 @@ def _series(run: Run, key: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _head_grid(run: Run, metric: str, circuit: str) -> tuple[np.ndarray, np.ndarray] | None:
     """``(steps [T], values [T, L, H])`` of a per-head metric, from arrays or per-head keys."""
-    steps, values = run.array_series(f"dynmon/{metric}/{circuit}")
+    steps, values = run.array_series(key_of(metric, circuit))
     if len(steps) and values.ndim == 3:
         return steps, _clean(values)
     found: dict[tuple[int, int], str] = {}
@@ -234,7 +232,7 @@ def _nanmean(a: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
 
 
 def _user_keys(run: Run) -> list[str]:
-    return [k for k in run.keys() if not k.startswith("dynmon/")]
+    return [k for k in run.keys() if not is_dynmon_key(k)]
 
 
 def _events(run: Run) -> list[dict[str, Any]]:
@@ -387,7 +385,7 @@ def _annotate(ax, run: Run, keys: Iterable[str] = (), name_phases: bool = False)
         if kind in CURVE_KINDS:  # on its curve's panel (everywhere if no figure draws it)
             mine = key in keys or key not in run.keys()
         else:  # run-level events on every panel; a monitor metric's (a head's role) on its own
-            mine = not str(key or "").startswith("dynmon/") or key in keys
+            mine = not is_dynmon_key(str(key or "")) or key in keys
         if not mine:
             continue
         line = _mark(ax, e)
@@ -561,7 +559,7 @@ def _draw_layer_lines(run: Run, metrics: Iterable[str], title: str):
             colors = _layer_colors(values.shape[1])
             for layer in range(values.shape[1]):
                 ax.plot(steps, values[:, layer], color=colors[layer], label=f"L{layer}")
-            overall = _series(run, f"dynmon/{metric}/{circuit}")
+            overall = _series(run, key_of(metric, circuit))
             if overall is not None:
                 o_steps, o_values = overall
                 if transform is not None:
@@ -697,15 +695,16 @@ def _draw_erank_heads(run: Run):
 
 def _draw_subspace_heads(run: Run):
     """Distance to the reference look when logged, else the look-to-look distance per 100 steps."""
-    has_ref = any(n.startswith("dynmon/subspace_dist_ref/") for n in run.array_names()) or any(
-        k.startswith("dynmon/subspace_dist_ref/") for k in run.keys()
+    ref = key_of("subspace_dist_ref", "")  # the prefix of its per-head and per-circuit keys
+    has_ref = any(n.startswith(ref) for n in run.array_names()) or any(
+        k.startswith(ref) for k in run.keys()
     )
     return _draw_head_heatmaps(run, "subspace_dist_ref" if has_ref else "subspace_dist", "magma")
 
 
 def _per_matrix(run: Run, metric: str) -> list[str]:
     """``dynmon/<metric>/<parameter name>`` keys (not heads, layers or circuits)."""
-    prefix = f"dynmon/{metric}/"
+    prefix = key_of(metric, "")
     return [
         k
         for k in run.keys()
@@ -726,10 +725,10 @@ def short_param_name(name: str) -> str:
 def _draw_norms(run: Run):
     panels = []  # (title, ylabel, all-weights series, per-matrix keys)
     for title, ylabel, main, metric in (
-        ("weight norm, all weights", "‖θ‖", "dynmon/weight_norm", None),
+        ("weight norm, all weights", "‖θ‖", key_of("weight_norm"), None),
         ("weight norm per matrix", "‖W‖_F", None, "norm"),
-        ("gradient norm", "‖∇L‖", "dynmon/grad_norm", "grad_norm"),
-        ("update ratio ‖Δθ‖/‖θ‖", "ratio", "dynmon/update_ratio", "update_ratio"),
+        ("gradient norm", "‖∇L‖", key_of("grad_norm"), "grad_norm"),
+        ("update ratio ‖Δθ‖/‖θ‖", "ratio", key_of("update_ratio"), "update_ratio"),
     ):
         total = _series(run, main) if main else None
         per = [k for k in _per_matrix(run, metric) if _series(run, k) is not None] if metric else []
@@ -779,7 +778,7 @@ def _curvature_keys(run: Run) -> list[str]:
     return [
         k
         for k in run.keys()
-        if re.match(r"^dynmon/(sharpness|hessian|lambda_max)", k) and not HEAD_KEY.match(k)
+        if re.match(rf"^{PREFIX}/(sharpness|hessian|lambda_max)", k) and not HEAD_KEY.match(k)
     ]
 
 

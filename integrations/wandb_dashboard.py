@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-STEP_KEY = "dynmon/step"
+from dynmon.keys import EVENTS_KEY, STEP_KEY, heatmap_key, key
+
 CIRCUITS = ("QK", "OV")
 RANK_METRICS = ("erank", "stable_rank", "participation_ratio", "numerical_rank", "marginal_erank")
 SUBSPACE_METRICS = ("subspace_dist", "subspace_dist_ref", "subspace_dist_final")
@@ -48,7 +49,7 @@ def _circuit_line(metric: str, title: str) -> Panel:
 
 
 def _heatmaps(metric: str, title: str) -> Panel:
-    return Panel(title, "media", keys=tuple(f"dynmon/heatmap/{metric}/{c}" for c in CIRCUITS))
+    return Panel(title, "media", keys=tuple(heatmap_key(key(metric, c)) for c in CIRCUITS))
 
 
 def dashboard_spec() -> tuple[SectionSpec, ...]:
@@ -59,7 +60,7 @@ def dashboard_spec() -> tuple[SectionSpec, ...]:
             (
                 Panel("loss", "line", r"(^|/)loss$", log_y=True),
                 Panel("accuracy", "line", r"(^|/)acc(uracy)?$"),
-                Panel("events", "table", keys=("dynmon/events",)),
+                Panel("events", "table", keys=(EVENTS_KEY,)),
                 Panel("loss autocorrelation curvature", "line", r"^dynmon/loss_autocorr_curv$"),
                 Panel("parameter-norm curvature", "line", r"^dynmon/norm_curvature$"),
             ),
@@ -174,7 +175,7 @@ def _head_roles_section() -> SectionSpec:
                 "role scores per head (heatmaps)",
                 "media",
                 keys=tuple(
-                    f"dynmon/heatmap/{m}/{'OV' if m == 'copying_score' else 'attn'}"
+                    heatmap_key(key(m, "OV" if m == "copying_score" else "attn"))
                     for m in (*ROLE_SCORES, "attn_entropy", "sink_mass")
                 ),
             ),

@@ -10,11 +10,7 @@ from dynmon import keys
 ROOT = Path(__file__).resolve().parents[1]
 LITERAL = re.compile(r"""["']dynmon/""")  # a string that starts with the key prefix
 # files still spelling keys by hand, each being rewritten elsewhere; remove a file once it is done
-PENDING = {
-    "dynmon/report.py",  # its figures, and report.LAYER_KEY beside keys.HEAD_KEY
-    "dynmon/events.py",  # default_detectors skips dynmon's keys
-    "integrations/wandb_dashboard.py",  # its own STEP_KEY and heatmap panel keys
-}
+PENDING: set[str] = set()
 
 
 def _spelled_by_hand() -> dict[str, list[int]]:
@@ -45,3 +41,12 @@ def test_the_named_keys_are_the_ones_sinks_and_readers_share():
     assert keys.strip_prefix(keys.key("a", "b")) == "a/b" and keys.strip_prefix("a/b") == "a/b"
     assert keys.is_dynmon_key(keys.key("x")) and not keys.is_dynmon_key("dynmonx/y")
     assert keys.HEAD_KEY.match(keys.key("erank", "L2.H3.OV")).group("layer") == "2"
+
+
+def test_layer_and_head_patterns_do_not_overlap():
+    layer = keys.LAYER_KEY.match(keys.key("erank", "L3.QK"))
+    assert layer is not None and (layer.group("metric"), layer.group("layer")) == ("erank", "3")
+    assert layer.group("circuit") == "QK"
+    assert keys.LAYER_KEY.match(keys.key("erank", "L3.H1.QK")) is None  # a head, not a layer
+    assert keys.HEAD_KEY.match(keys.key("erank", "L3.QK")) is None
+    assert keys.LAYER_KEY.match(keys.key("erank", "QK")) is None  # the overall mean
