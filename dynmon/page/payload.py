@@ -19,7 +19,7 @@ import numpy as np
 from dynmon.keys import strip_prefix
 from dynmon.page.envelope import BINS, Envelope, envelope
 from dynmon.page.keys import HeadMetric, KeyPlan, plan_keys
-from dynmon.report import EVENT_COLORS, OTHER_EVENT_COLOR, PLATEAU_COLOR
+from dynmon.plotkit import EVENT_COLORS, OTHER_EVENT_COLOR, PLATEAU_COLOR
 
 MAX_FRAMES = 120  # heatmap frames kept for the step slider
 PALETTE = [
