@@ -7,6 +7,7 @@ Layout (written by ``dynmon.sinks.local.RunFolderSink``)::
     arrays.jsonl    one object per step that has arrays: {"step": 12, <dynmon key>: [[..]], ...}
     events.jsonl    one object per event: {"step": 300, "kind": "cliff", ...}
     summary.json    headline figures, merged and rewritten atomically
+    hindsight.jsonl a pack's end-of-run series, one object per step (``write_hindsight``)
 
 Every file is strict JSON (``jq``, pandas and browsers read it). JSON has no NaN or infinity, so
 non-finite floats are written as the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
@@ -22,6 +23,7 @@ import enum
 import itertools
 import json
 import math
+import os
 import shutil
 import time
 import warnings
@@ -32,12 +34,13 @@ from typing import Any
 
 import numpy as np
 
-CONFIG, METRICS, ARRAYS, EVENTS, SUMMARY = (
+CONFIG, METRICS, ARRAYS, EVENTS, SUMMARY, HINDSIGHT = (
     "config.json",
     "metrics.jsonl",
     "arrays.jsonl",
     "events.jsonl",
     "summary.json",
+    "hindsight.jsonl",
 )
 NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 INT64 = (-(2**63), 2**63 - 1)  # the steps NumPy's int64 arrays hold
@@ -144,6 +147,7 @@ class Run:
     arrays: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
+    hindsight: list[dict[str, Any]] = field(default_factory=list)
     _keys: tuple[int, list[str]] = field(default=(-1, []), init=False, repr=False, compare=False)
 
     @property
@@ -174,13 +178,7 @@ class Run:
 
         A step logged twice (a run resumed from an earlier checkpoint) keeps the value written last.
         """
-        by_step: dict[int, float] = {}
-        for row in self.metrics:
-            step = step_of(row)
-            if key in row and step is not None:
-                by_step[step] = _as_float(row[key])
-        steps = np.array(sorted(by_step), dtype=np.int64)
-        return steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
+        return _series_of(self.metrics, key)
 
     def array_series(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps [T], values [T, ...])`` of one array, sorted by step (last write wins)."""
@@ -196,6 +194,29 @@ class Run:
         if len(shapes) > 1:
             raise ValueError(f"array {name!r} changes shape over the run: {sorted(shapes)}")
         return steps, np.stack([by_step[s] for s in steps.tolist()])
+
+    def hindsight_keys(self) -> list[str]:
+        """Every key of ``hindsight.jsonl``, in the order first seen."""
+        seen: dict[str, None] = {}
+        for row in self.hindsight:
+            seen.update(dict.fromkeys(row))
+        seen.pop("step", None)
+        return list(seen)
+
+    def hindsight_series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """``(steps, values)`` of one ``hindsight.jsonl`` series, as ``series`` reads metrics."""
+        return _series_of(self.hindsight, key)
+
+
+def _series_of(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of one scalar over rows, sorted by step (a step's last write kept)."""
+    by_step: dict[int, float] = {}
+    for row in rows:
+        step = step_of(row)
+        if key in row and step is not None:
+            by_step[step] = _as_float(row[key])
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    return steps, np.array([by_step[s] for s in steps.tolist()], dtype=np.float64)
 
 
 def step_of(row: Mapping[str, Any]) -> int | None:
@@ -260,7 +281,32 @@ def load_run(path: str | Path) -> Run:
         arrays=arrays,
         events=[restore(r) for r in _valid_steps(read_jsonl(path / EVENTS), path / EVENTS)],
         summary=_read_json(path / SUMMARY),
+        hindsight=[
+            restore(r) for r in _valid_steps(read_jsonl(path / HINDSIGHT), path / HINDSIGHT)
+        ],
     )
+
+
+def write_hindsight(run_dir: str | Path, rows: list[Mapping[str, Any]]) -> Path:
+    """Write a pack's end-of-run series to ``hindsight.jsonl`` (replacing it), one row per step.
+
+    Every row needs an integer ``"step"``; values take the run folder's convention (non-finite
+    floats as ``"NaN"``/``"±Infinity"``), so ``load_run(...).hindsight_series`` reads them back.
+    Written to a temporary file first, then renamed: a failed write leaves the old file whole.
+    """
+    path = Path(run_dir) / HINDSIGHT
+    lines = []
+    for i, row in enumerate(rows):
+        if step_of(row) is None:
+            raise ValueError(
+                f"hindsight row {i} has no integer 'step' (got {row.get('step')!r}); give every "
+                "row the training step it belongs to"
+            )
+        lines.append(dumps_line(jsonable({**row, "step": step_of(row)})) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _as_array(v: Any) -> np.ndarray:

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dynmon.runfolder import jsonable, load_run, new_run_dir, restore
+from dynmon.runfolder import jsonable, load_run, new_run_dir, restore, write_hindsight
 
 
 def _write(path: Path, rows: list, raw_tail: str = "") -> None:
@@ -175,3 +175,48 @@ def test_jsonable_keeping_nonfinite_floats_in_arrays_tensors_and_configs():
     assert plain["t"] == [1.0, math.inf] and plain["n"] == 3 and plain["s"] == -math.inf
     assert math.isnan(plain["a"][0][0]) and plain["a"][0][1] == 1.0
     assert all(type(x) is float for x in (plain["t"][1], plain["a"][0][0], plain["s"]))
+
+
+_finite_or_not = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=64), st.integers(-(2**40), 2**40)
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.integers(0, 10**9),
+        st.dictionaries(st.sampled_from(["a", "b/c", "dist_final/L0.QK"]), _finite_or_not),
+        max_size=6,
+    )
+)
+def test_hindsight_round_trip_restores_every_value_nan_included(tmp_path_factory, by_step):
+    """What ``write_hindsight`` writes, ``hindsight_series`` reads back exactly (NaN, ±inf too)."""
+    folder = tmp_path_factory.mktemp("run")
+    (folder / "metrics.jsonl").write_text("")
+    rows = [{"step": s, **vals} for s, vals in by_step.items()]
+    write_hindsight(folder, rows)
+    for line in (folder / "hindsight.jsonl").read_text().splitlines():  # strict JSON only
+        json.loads(line, parse_constant=lambda tok: pytest.fail(f"bare {tok} written"))
+    run = load_run(folder)
+    for key in {k for vals in by_step.values() for k in vals}:
+        want = sorted((s, float(vals[key])) for s, vals in by_step.items() if key in vals)
+        steps, values = run.hindsight_series(key)
+        assert steps.tolist() == [s for s, _ in want]
+        np.testing.assert_array_equal(values, np.array([v for _, v in want], dtype=np.float64))
+    assert set(run.hindsight_keys()) == {k for vals in by_step.values() for k in vals}
+
+
+def test_hindsight_older_null_and_bare_nan_read_as_nan(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "hindsight.jsonl").write_text('{"step": 2, "x": null}\n{"step": 1, "x": NaN}\n')
+    steps, x = load_run(tmp_path).hindsight_series("x")
+    assert steps.tolist() == [1, 2] and np.isnan(x).all()
+
+
+def test_write_hindsight_refuses_a_row_without_a_step_and_keeps_the_old_file(tmp_path):
+    write_hindsight(tmp_path, [{"step": 0, "x": 1.0}])
+    before = (tmp_path / "hindsight.jsonl").read_text()
+    with pytest.raises(ValueError, match="row 1 has no integer 'step'"):
+        write_hindsight(tmp_path, [{"step": 1, "x": 2.0}, {"x": 3.0}])
+    assert (tmp_path / "hindsight.jsonl").read_text() == before

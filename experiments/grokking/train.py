@@ -22,8 +22,6 @@ parameter snapshots kept every ``look_every`` steps), giving ``circuit_formation
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import time
 import warnings
 from pathlib import Path
@@ -31,6 +29,9 @@ from typing import Any
 
 import torch
 
+from dynmon.runfolder import write_hindsight
+
+from ..readback import dynmon_series
 from ..threads import pick_threads, torch_threads
 from . import phases
 from . import progress as P
@@ -292,24 +293,6 @@ def _series(history: dict[str, list[tuple[int, float]]], key: str) -> tuple[list
     return _unzip(history.get(key, []))
 
 
-def _read_metrics(run_dir: Path | None) -> dict[str, list[tuple[int, float]]]:
-    """The dynmon scalars logged so far, from the run folder's ``metrics.jsonl``."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    if run_dir is None or not (run_dir / "metrics.jsonl").exists():
-        return series
-    with open(run_dir / "metrics.jsonl") as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a partly written last line
-            step = row.get("step")
-            for k, v in row.items():
-                if k.startswith("dynmon/") and isinstance(v, (int, float)):
-                    series.setdefault(k, []).append((int(step), float(v)))
-    return series
-
-
 def _hindsight(
     cfg: GrokkingConfig,
     model: torch.nn.Module,
@@ -426,7 +409,7 @@ def _summarize(
             )
 
     # how early each signal moved before grokking
-    series = {**_read_metrics(mon.run_dir), **history, **hind}
+    series = {**dynmon_series(mon.run_dir), **history, **hind}
     leads: dict[str, Any] = {}
     if mem is not None and grok is not None:
         names = [k for k in LEAD_SIGNALS if k in series]
@@ -448,13 +431,11 @@ def _write_hindsight(run_dir: Path | None, curves: dict[str, list[tuple[int, flo
     """``hindsight.jsonl``: one object per step with the final-key-frequency curves."""
     if run_dir is None:
         return
-    rows: dict[int, dict[str, float]] = {}
+    rows: dict[int, dict[str, Any]] = {}
     for name, pairs in curves.items():
         for step, value in pairs:
-            rows.setdefault(step, {"step": step})[name] = value if math.isfinite(value) else None
+            rows.setdefault(step, {"step": step})[name] = value
     try:
-        with open(run_dir / "hindsight.jsonl", "w") as f:
-            for step in sorted(rows):
-                f.write(json.dumps(rows[step]) + "\n")
+        write_hindsight(run_dir, [rows[step] for step in sorted(rows)])
     except OSError as exc:  # the run's results matter more than this file
         warnings.warn(f"grokking: could not write hindsight.jsonl: {exc}", RuntimeWarning, 2)

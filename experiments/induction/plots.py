@@ -10,7 +10,6 @@ QK and OV to their final matrices (the seed paper's offline measure), per layer.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +20,6 @@ from dynmon.report import save_figure
 from .timing import running
 
 FIGURE = "induction.png"
-
-
-def _hindsight(run_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    path = run_dir / "hindsight.jsonl"
-    if not path.is_file():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    keys = [k for k in rows[0] if k != "step"] if rows else []
-    steps = np.array([r["step"] for r in rows])
-    return {k: (steps, np.array([r.get(k, np.nan) for r in rows], dtype=float)) for k in keys}
 
 
 def _head_series(run: Any, metric: str, target: str) -> dict[tuple[int, int], tuple]:
@@ -136,7 +125,7 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax_sub.set_ylim(bottom=0)
 
     # (4) offline distance to the final matrices
-    ref = _hindsight(run_dir)
+    ref = {k: run.hindsight_series(k) for k in run.hindsight_keys()}
     for layer in range(n_layers):
         for circuit, ls in (("QK", "-"), ("OV", "--")):
             key = f"dist_final/L{layer}.{circuit}"

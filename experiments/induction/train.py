@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynmon.runfolder import write_hindsight
+
 from ..threads import pick_threads, torch_threads
 from . import timing
 from .config import InductionConfig
@@ -37,7 +39,6 @@ from .scores import probe_scores, task_metric
 PROBE_SEED = 2**31 - 1  # one fixed probe set for every seed, so seeds are measured alike
 REPEATED = "probe/loss_repeated"
 INDUCTION = "probe/induction_score"
-HINDSIGHT = "hindsight.jsonl"
 
 
 def detectors(cfg: InductionConfig) -> list[Any]:
@@ -282,15 +283,14 @@ def _write_hindsight(run_dir: Path, ref: dict[str, Any], mean: np.ndarray) -> No
     """``hindsight.jsonl``: per kept step, the distance of QK and OV to the final matrices
     (``dist_final/QK``, ``dist_final/OV`` head means, ``dist_final/mean`` of both, and per layer
     ``dist_final/L0.QK``...). Known only at the end of the run, so not in ``metrics.jsonl``."""
-    import json
-
     qk, ov = ref["QK"], ref["OV"]  # [N, L, H]
-    with open(run_dir / HINDSIGHT, "w") as f:
-        for i, step in enumerate(ref["steps"]):
-            row: dict[str, Any] = {"step": int(step), "dist_final/mean": float(mean[i])}
-            row["dist_final/QK"] = float(qk[i].mean())
-            row["dist_final/OV"] = float(ov[i].mean())
-            for layer in range(qk.shape[1]):
-                row[f"dist_final/L{layer}.QK"] = float(qk[i, layer].mean())
-                row[f"dist_final/L{layer}.OV"] = float(ov[i, layer].mean())
-            f.write(json.dumps(row) + "\n")
+    rows = []
+    for i, step in enumerate(ref["steps"]):
+        row: dict[str, Any] = {"step": int(step), "dist_final/mean": float(mean[i])}
+        row["dist_final/QK"] = float(qk[i].mean())
+        row["dist_final/OV"] = float(ov[i].mean())
+        for layer in range(qk.shape[1]):
+            row[f"dist_final/L{layer}.QK"] = float(qk[i, layer].mean())
+            row[f"dist_final/L{layer}.OV"] = float(ov[i, layer].mean())
+        rows.append(row)
+    write_hindsight(run_dir, rows)

@@ -8,29 +8,16 @@ plateaus shaded. Panel 2: erank of Γ = Σ_h Γ_h and its numerical rank, each h
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from dynmon.report import save_figure
+from dynmon.runfolder import load_run
+
+from ..readback import finite_series as _series
 
 FIGURE = "linear_icl.png"
 SWEEP_FIGURE = "linear_icl_sweep.png"
-
-
-def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
-    pairs = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-    return [s for s, _ in pairs], [v for _, v in pairs]
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
 
 
 def _levels(ax: Any, summary: dict[str, Any]) -> None:
@@ -50,8 +37,8 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = _rows(run_dir)
-    if not rows:
+    run = load_run(run_dir)
+    if not run.metrics:
         return None
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=[1.4, 1])
     for key, style in (
@@ -59,7 +46,7 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
         ("test/loss", dict(color="k", lw=1.4, label="fresh-data loss")),
         ("theory/loss", dict(color="tab:red", lw=1.2, ls="--", label="theory")),
     ):
-        s, v = _series(rows, key)
+        s, v = _series(run, key)
         if s:
             ax1.plot(s, v, **style)
     _levels(ax1, summary)
@@ -67,19 +54,19 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax1.set_ylabel("loss")
     ax1.legend(fontsize=8)
     ax1.set_title(f"linear ICL: {summary.get('model', '')}")
-    names = {k for r in rows for k in r if k.startswith("dynmon/erank/KQ.H")}
+    names = {k for k in run.keys() if k.startswith("dynmon/erank/KQ.H")}
     heads = sorted(names, key=lambda k: int(k.rsplit("H", 1)[1]))
     for i, k in enumerate(heads):
         ax2.plot(
-            *_series(rows, k),
+            *_series(run, k),
             color="tab:blue",
             lw=0.6,
             alpha=0.5,
             label="erank per head" if i == 0 else None,
         )
-    ax2.plot(*_series(rows, "dynmon/erank/KQ"), color="tab:blue", lw=1.8, label="erank of Σ_h Γ_h")
+    ax2.plot(*_series(run, "dynmon/erank/KQ"), color="tab:blue", lw=1.8, label="erank of Σ_h Γ_h")
     ax2.plot(
-        *_series(rows, "dynmon/numerical_rank/KQ"),
+        *_series(run, "dynmon/numerical_rank/KQ"),
         color="tab:green",
         lw=1.2,
         drawstyle="steps-post",
@@ -100,12 +87,12 @@ def draw_sweep(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     import matplotlib.pyplot as plt
 
     run_dir = Path(run_dir)
-    rows = _rows(run_dir)
-    if not rows:
+    run = load_run(run_dir)
+    if not run.metrics:
         return None
     fig, ax = plt.subplots(figsize=(9, 5))
     for name in summary.get("distinct_plateaus", {}):
-        (line,) = ax.plot(*_series(rows, f"test/loss/{name}"), lw=1.3, label=name)
+        (line,) = ax.plot(*_series(run, f"test/loss/{name}"), lw=1.3, label=name)
         for lv in summary["theory_plateaus"][name]:
             ax.axhline(lv["level"], color=line.get_color(), ls=":", lw=0.7)
     ax.set_yscale("log")

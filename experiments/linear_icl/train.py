@@ -15,9 +15,7 @@ R's test loss (``test/loss/R<r>``) with its own plateau detector, and ``plots/li
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..readback import dynmon_series
 from ..threads import pick_threads, torch_threads
 from . import theory
 from .config import LinearICLConfig, parse_ranks
@@ -199,22 +198,6 @@ def _theory_curve(
     return None
 
 
-def _read_metrics(run_dir: Path | None) -> dict[str, list[tuple[int, float]]]:
-    """dynmon's logged scalars from the run folder's ``metrics.jsonl``."""
-    series: dict[str, list[tuple[int, float]]] = {}
-    if run_dir is None or not (run_dir / "metrics.jsonl").exists():
-        return series
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for k, v in row.items():
-            if k.startswith("dynmon/") and isinstance(v, (int, float)):
-                series.setdefault(k, []).append((int(row["step"]), float(v)))
-    return series
-
-
 def _at(series: list[tuple[int, float]], step: float) -> float | None:
     """The logged value nearest to ``step``."""
     if not series:
@@ -280,7 +263,7 @@ def _summarize(
     """Plateaus against L(M_m), the final loss against theory, the KQ ranks on each plateau."""
     levels = theory_levels(cfg, task.lam)
     plateaus = plateaus_from_events(events)
-    dyn = _read_metrics(run_dir)
+    dyn = dynmon_series(run_dir)
     for p in plateaus:  # the learned map's ranks in the middle of each plateau
         mid = (p["start"] + p["end"]) / 2
         p["kq_numerical_rank"] = _at(dyn.get("dynmon/numerical_rank/KQ", []), mid)
@@ -364,7 +347,7 @@ def _sweep(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = Non
         sub = dataclasses.replace(cfg, R=r, ranks="")
         runs[f"R{r}"] = _run_one(sub, out / f"R{r}", wandb, group)
     curves = {
-        name: [(row["step"], row["test/loss"]) for row in _rows(out / name) if "test/loss" in row]
+        name: list(zip(*dynmon.load_run(out / name).series("test/loss"), strict=True))
         for name in runs
     }
     keys = {name: f"test/loss/{name}" for name in runs}
@@ -390,15 +373,6 @@ def _sweep(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = Non
         mon.update_summary(summary)
     plots.draw_sweep(out, summary)
     return summary
-
-
-def _rows(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            rows.append(json.loads(line))
-    return rows
 
 
 __all__ = ["run", "loss_fn", "theory_levels", "plateaus_from_events", "match_levels"]
