@@ -19,6 +19,9 @@ without a long delay after training accuracy).
 Memory is bounded: the trend detectors keep the last ``2 × window`` logs and O(1) state besides,
 however many steps they see. The segmentation is in :class:`dynmon.trend.Trend`; the detectors
 only word events.
+
+One file (~690 lines): the detectors share the wording helpers and the saved-state layout, and
+default_detectors picks them by the key rules below them.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ figures whose data is absent (a run with only a loss gets only the loss figure):
 * ``overview.png``   one shared time axis: loss, erank, subspace distance, sharpness, events.
 
 The style, series readers and drawing helpers the figures share are in ``dynmon.plotkit``.
+One file (~580 lines): the figures, their list and the page that shows them, one function each.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 A series is cut online into plateaus (flat within noise) and fast moves (rising or falling
 beyond noise); :class:`Trend` returns internal records that the detectors of
 :mod:`dynmon.events` word as events. Kept apart so the detectors read as wording and key rules.
+
+One file (~600 lines) on purpose: it is one class whose state (ring, running sums, open plateau
+or move) every step of the segmentation reads and writes.
 """
 
 from __future__ import annotations
