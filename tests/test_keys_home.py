@@ -27,8 +27,7 @@ def _spelled_by_hand() -> dict[str, list[int]]:
 
 def test_keys_are_spelled_only_in_keys_py():
     found = _spelled_by_hand()
-    # the packs (experiments/) are being moved onto load_run and keys.py separately
-    new = {f: lines for f, lines in found.items() if f not in PENDING and "experiments/" not in f}
+    new = {f: lines for f, lines in found.items() if f not in PENDING}
     assert not new, f"use dynmon.keys (key(), the *_KEY constants) instead of literals: {new}"
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from dynmon.keys import key
 from dynmon.runfolder import write_hindsight
 
 from ..readback import dynmon_series
@@ -39,22 +40,20 @@ from .config import GrokkingConfig
 from .data import Dataset, make_dataset
 from .model import build_model, forward_with_acts, logits_at_eq, trainable, unembed_weights
 
+QO = ("QK", "OV")
 RESTRICTED_FINAL = "restricted_loss_final_keys"
 EXCLUDED_FINAL = "excluded_loss_final_keys"
 
 # signals whose lead before grokking the summary reports (those present in the run)
 LEAD_SIGNALS = (
-    "dynmon/erank/QK",
-    "dynmon/erank/OV",
-    "dynmon/stable_rank/QK",
-    "dynmon/stable_rank/OV",
-    "dynmon/subspace_dist/QK",
-    "dynmon/subspace_dist/OV",
-    "dynmon/subspace_dist_ref/QK",
-    "dynmon/subspace_dist_ref/OV",
-    "dynmon/sharpness",
-    "dynmon/weight_norm",
-    "dynmon/grad_norm",
+    *(
+        key(m, c)
+        for m in ("erank", "stable_rank", "subspace_dist", "subspace_dist_ref")
+        for c in QO
+    ),
+    key("sharpness"),
+    key("weight_norm"),
+    key("grad_norm"),
     "weight_norm",
     "gini/W_E",
     "gini/W_L",
@@ -413,14 +412,14 @@ def _summarize(
     leads: dict[str, Any] = {}
     if mem is not None and grok is not None:
         names = [k for k in LEAD_SIGNALS if k in series]
-        names += sorted(k for k in series if k.startswith("dynmon/erank/") and ".mlp." in k)
+        names += sorted(k for k in series if k.startswith(key("erank", "")) and ".mlp." in k)
         for name in names:
-            log = name.startswith("dynmon/sharpness")  # spans decades
+            log = name.startswith(key("sharpness"))  # spans decades
             leads[name] = phases.moved_step(*_unzip(series[name]), mem, grok, log=log)
-        for name, key in (("test_loss", "test/loss"), ("restricted_loss", RESTRICTED_FINAL)):
-            if series.get(key):
+        for name, curve in (("test_loss", "test/loss"), ("restricted_loss", RESTRICTED_FINAL)):
+            if series.get(curve):
                 summary[f"{name}_half_step"] = phases.half_fall_step(
-                    *_unzip(series[key]), mem, grok
+                    *_unzip(series[curve]), mem, grok
                 )
     summary["lead_times"] = leads
     summary["lead_steps"] = {k: v["lead"] for k, v in leads.items()}

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from dynmon.keys import key
 from dynmon.report import save_figure
 
 from .timing import running
@@ -58,11 +59,11 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     if len(s):
         ax_loss.plot(s, v, color="0.8", lw=0.6, label="training loss")
         ax_loss.plot(s, running(v, 25), color="0.45", lw=1.0, label="training loss (smoothed)")
-    for key, color, label in (
+    for name, color, label in (
         ("probe/loss_first", "tab:orange", "probe: first-occurrence tokens"),
         ("probe/loss_repeated", "tab:blue", "probe: repeated tokens"),
     ):
-        s, v = run.series(key)
+        s, v = run.series(name)
         ax_loss.plot(s, v, color=color, lw=1.6, label=label)
     ax_loss.set_ylabel("next-token loss (nats)")
     ax_loss.set_ylim(bottom=0)
@@ -107,8 +108,8 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ]
 
     # (3) online subspace distance
-    qs, qk = run.series("dynmon/subspace_dist/QK")
-    os_, ov = run.series("dynmon/subspace_dist/OV")
+    qs, qk = run.series(key("subspace_dist", "QK"))
+    os_, ov = run.series(key("subspace_dist", "OV"))
     ax_sub.plot(qs, qk, color="tab:purple", lw=1.0, alpha=0.7, label="QK (mean over heads)")
     ax_sub.plot(os_, ov, color="tab:green", lw=1.0, alpha=0.7, label="OV (mean over heads)")
     stab = summary.get("subspace_stabilisation") or {}
@@ -128,9 +129,9 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ref = {k: run.hindsight_series(k) for k in run.hindsight_keys()}
     for layer in range(n_layers):
         for circuit, ls in (("QK", "-"), ("OV", "--")):
-            key = f"dist_final/L{layer}.{circuit}"
-            if key in ref:
-                ax_ref.plot(*ref[key], color=colors[layer], ls=ls, lw=1.2)
+            name = f"dist_final/L{layer}.{circuit}"
+            if name in ref:
+                ax_ref.plot(*ref[name], color=colors[layer], ls=ls, lw=1.2)
     if "dist_final/mean" in ref:
         ax_ref.plot(*ref["dist_final/mean"], color="k", lw=1.6)
     ax_ref.set_ylabel("distance to the\nfinal matrix")

@@ -23,6 +23,7 @@ import dataclasses
 import torch
 from torch import Tensor
 
+from dynmon.keys import key
 from dynmon.metrics.roles import copying_score, induction_score, prev_token_score, split_losses
 
 from .data import Batch
@@ -39,13 +40,13 @@ __all__ = [
 HEAD_TARGET = "attn"  # per-head keys of pattern scores: dynmon/induction_score/L1.H3.attn
 # the pack's names for head_roles' probe losses and best heads (watched by its detectors)
 PROBE_KEYS = {
-    "dynmon/icl_loss": "probe/loss",
-    "dynmon/icl_loss_first": "probe/loss_first",
-    "dynmon/icl_loss_repeated": "probe/loss_repeated",
-    "dynmon/icl_loss_filler": "probe/loss_filler",
-    "dynmon/icl_score": "probe/icl_score",
-    "dynmon/induction_score_max": "probe/induction_score",
-    "dynmon/prev_token_score_max": "probe/prev_token_score",
+    key("icl_loss"): "probe/loss",
+    key("icl_loss_first"): "probe/loss_first",
+    key("icl_loss_repeated"): "probe/loss_repeated",
+    key("icl_loss_filler"): "probe/loss_filler",
+    key("icl_score"): "probe/icl_score",
+    key("induction_score_max"): "probe/induction_score",
+    key("prev_token_score_max"): "probe/prev_token_score",
 }
 
 

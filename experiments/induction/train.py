@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynmon.keys import key
 from dynmon.runfolder import write_hindsight
 
 from ..threads import pick_threads, torch_threads
@@ -244,8 +245,8 @@ def stabilisation(
     cfg: InductionConfig, run_: Any, history: dict[int, Factors], emergence
 ) -> dict[str, Any]:
     """Subspace-stabilisation steps (online and final-reference) and their lead over emergence."""
-    qs, qk = run_.series("dynmon/subspace_dist/QK")
-    os_, ov = run_.series("dynmon/subspace_dist/OV")
+    qs, qk = run_.series(key("subspace_dist", "QK"))
+    os_, ov = run_.series(key("subspace_dist", "OV"))
     common = np.intersect1d(qs, os_)
     d = 0.5 * (qk[np.isin(qs, common)] + ov[np.isin(os_, common)])  # head- and circuit-averaged
     online = timing.settle(common, d, cfg.stable_frac)
@@ -256,8 +257,8 @@ def stabilisation(
     }
     by_layer = {}
     for layer in range(cfg.n_layers):
-        ls, lq = run_.series(f"dynmon/subspace_dist/L{layer}.QK")
-        _, lo = run_.series(f"dynmon/subspace_dist/L{layer}.OV")
+        ls, lq = run_.series(key("subspace_dist", f"L{layer}.QK"))
+        _, lo = run_.series(key("subspace_dist", f"L{layer}.OV"))
         by_layer[f"L{layer}"] = timing.settle_step(ls, 0.5 * (lq + lo), cfg.stable_frac)
 
     ref = distance_to_final(history)

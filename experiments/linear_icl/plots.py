@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dynmon.keys import key
 from dynmon.report import save_figure
 from dynmon.runfolder import load_run
 
@@ -41,12 +42,12 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     if not run.metrics:
         return None
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=[1.4, 1])
-    for key, style in (
+    for name, style in (
         ("loss", dict(color="0.6", lw=1.0, label="training loss")),
         ("test/loss", dict(color="k", lw=1.4, label="fresh-data loss")),
         ("theory/loss", dict(color="tab:red", lw=1.2, ls="--", label="theory")),
     ):
-        s, v = _series(run, key)
+        s, v = _series(run, name)
         if s:
             ax1.plot(s, v, **style)
     _levels(ax1, summary)
@@ -54,7 +55,7 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     ax1.set_ylabel("loss")
     ax1.legend(fontsize=8)
     ax1.set_title(f"linear ICL: {summary.get('model', '')}")
-    names = {k for k in run.keys() if k.startswith("dynmon/erank/KQ.H")}
+    names = {k for k in run.keys() if k.startswith(key("erank", "KQ.H"))}
     heads = sorted(names, key=lambda k: int(k.rsplit("H", 1)[1]))
     for i, k in enumerate(heads):
         ax2.plot(
@@ -64,9 +65,9 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
             alpha=0.5,
             label="erank per head" if i == 0 else None,
         )
-    ax2.plot(*_series(run, "dynmon/erank/KQ"), color="tab:blue", lw=1.8, label="erank of Σ_h Γ_h")
+    ax2.plot(*_series(run, key("erank", "KQ")), color="tab:blue", lw=1.8, label="erank of Σ_h Γ_h")
     ax2.plot(
-        *_series(run, "dynmon/numerical_rank/KQ"),
+        *_series(run, key("numerical_rank", "KQ")),
         color="tab:green",
         lw=1.2,
         drawstyle="steps-post",

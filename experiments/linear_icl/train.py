@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dynmon.keys import key
+
 from ..readback import dynmon_series
 from ..threads import pick_threads, torch_threads
 from . import theory
@@ -266,8 +268,8 @@ def _summarize(
     dyn = dynmon_series(run_dir)
     for p in plateaus:  # the learned map's ranks in the middle of each plateau
         mid = (p["start"] + p["end"]) / 2
-        p["kq_numerical_rank"] = _at(dyn.get("dynmon/numerical_rank/KQ", []), mid)
-        p["kq_erank"] = _at(dyn.get("dynmon/erank/KQ", []), mid)
+        p["kq_numerical_rank"] = _at(dyn.get(key("numerical_rank", "KQ"), []), mid)
+        p["kq_erank"] = _at(dyn.get(key("erank", "KQ"), []), mid)
     matches = match_levels(plateaus, levels)
     all_levels = theory.plateau_losses(task.lam, cfg.N).tolist()
     for p in plateaus:  # which L(M_m) each plateau sits on (any m), None if none within MATCH_TOL
