@@ -355,21 +355,22 @@ def test_half_fall_step():
     assert PH.half_fall_step(steps, loss, None, 70) is None
 
 
-def test_phase_tracker_events():
-    tracker = PH.PhaseTracker(threshold=0.95)
-    kinds = []
+def test_circuit_tracker_fires_once_at_the_drop_below_the_post_memorisation_peak():
+    tracker = PH.CircuitTracker(threshold=0.95)
+    found = []
     for step, tr, te, rl in [
-        (0, 0.0, 0.0, None),
-        (10, 0.96, 0.1, 2.0),
-        (20, 1.0, 0.1, 2.5),
-        (30, 1.0, 0.2, 2.2),  # 2.2 = 88% of the 2.5 peak: circuit formation
-        (40, 1.0, 0.97, 0.1),
+        (0, 0.0, 0.0, 9.0),  # before memorisation: not a peak
+        (10, 0.96, 0.1, 2.5),  # first log at train accuracy >= T: the peak is tracked from here
+        (20, 0.5, 0.1, 2.4),  # a dip in train accuracy does not reset memorisation
+        (30, 1.0, 0.2, 2.2),  # 2.2 <= 90% of 2.5: circuit formation
+        (40, 1.0, 0.3, 1.0),  # once only
     ]:
-        vals = {"train/acc": tr, "test/acc": te}
-        if rl is not None:
-            vals["restricted_loss"] = rl
-        kinds += [(e["kind"], e["step"]) for e in tracker.update(step, vals)]
-    assert kinds == [("memorization", 10), ("circuit_formation_online", 30), ("grokking", 40)]
-    quiet = PH.PhaseTracker(accuracy_events=False)
-    assert quiet.update(0, {"train/acc": 1.0, "test/acc": 1.0}) == []
-    assert quiet.grokking_step == 0
+        found += tracker.update(step, {"train/acc": tr, "test/acc": te, "restricted_loss": rl})
+    assert [(e["kind"], e["step"], e["peak"]) for e in found] == [
+        ("circuit_formation_online", 30, 2.5)
+    ]
+    assert tracker.circuit_step == 30
+    late = PH.CircuitTracker(threshold=0.95)  # test accuracy already at T: no circuit event
+    assert late.update(0, {"train/acc": 1.0, "test/acc": 0.2, "restricted_loss": 2.0}) == []
+    assert late.update(10, {"train/acc": 1.0, "test/acc": 0.99, "restricted_loss": 0.1}) == []
+    assert late.update(20, {"train/acc": 1.0, "restricted_loss": float("nan")}) == []

@@ -4,8 +4,8 @@ Boundaries (all on the logged curves, ``log_every`` granularity; T = ``config.th
 
 - **memorisation**: the first logged step with train accuracy ≥ T. **grokking**: the first
   logged step with test accuracy ≥ T. Both online: ``dynmon.events.GrokkingDetector`` (the first
-  of 3 consecutive logs ≥ T, its events' ``at``; confirmed 2 logs later, its events' ``step``),
-  or ``PhaseTracker`` here when that is not installed (no hold). The summary also reports them
+  of 3 consecutive logs ≥ T, its events' ``at``; confirmed 2 logs later, its events' ``step``).
+  The summary also reports them
   recomputed from the curves (``*_curve``), and the first step with train accuracy 100%.
 - **circuit formation** (Nanda et al.: the restricted loss starts to fall while the test loss is
   still high): the first step at or after memorisation at which the restricted loss has fallen
@@ -221,70 +221,45 @@ def half_fall_step(
 
 
 @dataclass
-class PhaseTracker:
-    """Online phase detection from the progress measures, one ``update`` per logged step.
+class CircuitTracker:
+    """Online circuit formation (``circuit_formation_online``), one ``update`` per logged step.
 
-    ``update`` returns new events ``{"kind", "step", ...}`` for the run to log. With
-    ``accuracy_events`` it also emits ``memorization`` and ``grokking`` (used when
-    ``dynmon.events.GrokkingDetector`` is not installed).
+    Memorisation and grokking are ``dynmon.events.GrokkingDetector``'s. The peak of the restricted
+    loss is tracked from the first log with train accuracy ≥ ``threshold``, not from the
+    detector's held memorisation, which is confirmed 2 logs late and would miss the peak.
     """
 
     threshold: float = 0.95
-    accuracy_events: bool = True
     drop: float = CIRCUIT_DROP
-    memorization_step: int | None = None
-    grokking_step: int | None = None
     circuit_step: int | None = None
+    _memorised: bool = field(default=False, repr=False)
     _peak: float = field(default=-np.inf, repr=False)
 
     def update(self, step: int, values: dict[str, float]) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
+        """The ``circuit_formation_online`` event (at most once) for this logged step's values."""
         train_acc, test_acc = values.get("train/acc"), values.get("test/acc")
-        if self.memorization_step is None and train_acc is not None:
-            if train_acc >= self.threshold:
-                self.memorization_step = step
-                if self.accuracy_events:
-                    events.append(
-                        {
-                            "kind": "memorization",
-                            "step": step,
-                            "train_acc": train_acc,
-                            "message": f"train accuracy reached {self.threshold:.0%}",
-                        }
-                    )
-        if self.grokking_step is None and test_acc is not None and test_acc >= self.threshold:
-            self.grokking_step = step
-            if self.accuracy_events:
-                ratio = step / self.memorization_step if self.memorization_step else None
-                events.append(
-                    {
-                        "kind": "grokking",
-                        "step": step,
-                        "test_acc": test_acc,
-                        "delay_ratio": ratio,
-                        "message": f"test accuracy reached {self.threshold:.0%}",
-                    }
-                )
+        self._memorised = self._memorised or (train_acc is not None and train_acc >= self.threshold)
         restricted = values.get("restricted_loss")
         if (
-            self.memorization_step is not None
-            and self.circuit_step is None
-            and restricted is not None
-            and np.isfinite(restricted)
+            not self._memorised
+            or self.circuit_step is not None
+            or restricted is None
+            or not np.isfinite(restricted)
         ):
-            self._peak = max(self._peak, restricted)
-            if restricted <= (1 - self.drop) * self._peak and (test_acc or 0.0) < self.threshold:
-                self.circuit_step = step
-                events.append(
-                    {
-                        "kind": "circuit_formation_online",
-                        "step": step,
-                        "restricted_loss": restricted,
-                        "peak": self._peak,
-                        "test_acc": test_acc,
-                        "message": "restricted loss (current key frequencies) fell "
-                        f"{self.drop:.0%} below its post-memorisation peak while test accuracy "
-                        f"< {self.threshold:.0%}",
-                    }
-                )
-        return events
+            return []
+        self._peak = max(self._peak, restricted)
+        if restricted > (1 - self.drop) * self._peak or (test_acc or 0.0) >= self.threshold:
+            return []
+        self.circuit_step = step
+        return [
+            {
+                "kind": "circuit_formation_online",
+                "step": step,
+                "restricted_loss": restricted,
+                "peak": self._peak,
+                "test_acc": test_acc,
+                "message": "restricted loss (current key frequencies) fell "
+                f"{self.drop:.0%} below its post-memorisation peak while test accuracy "
+                f"< {self.threshold:.0%}",
+            }
+        ]

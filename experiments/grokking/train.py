@@ -10,8 +10,8 @@ accuracy and the progress measures (``progress.py``), logged through ``mon.step`
 2-D weight, and ``sharpness``, the top Hessian eigenvalue of the train loss on
 ``sharpness_batch`` fixed train rows, every ``sharpness_every`` steps).
 
-Online events: ``memorization`` and ``grokking`` (``dynmon.events.GrokkingDetector`` when it is
-installed, else ``phases.PhaseTracker``), ``circuit_formation_online``. At the end (hindsight,
+Online events: ``memorization`` and ``grokking`` (``dynmon.events.GrokkingDetector``),
+``circuit_formation_online`` (``phases.CircuitTracker``). At the end (hindsight,
 ``"hindsight": true`` on the event): the final model's key frequencies are applied to every
 logged step (restricted loss from the logits' coefficients kept at every log; excluded loss from
 parameter snapshots kept every ``look_every`` steps), giving ``circuit_formation`` and
@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from dynmon import events
 from dynmon.keys import key
 from dynmon.runfolder import write_hindsight
 
@@ -122,23 +123,19 @@ def _has_metric(name: str) -> bool:
     return True
 
 
-def _detectors(cfg: GrokkingConfig) -> list[Any] | None:
-    """dynmon's own detectors with a GrokkingDetector on our keys, or None when not installed."""
-    try:
-        from dynmon import events
-    except ImportError:
-        return None
+def _detectors(cfg: GrokkingConfig) -> tuple[list[Any], events.GrokkingDetector]:
+    """dynmon's own detectors with a GrokkingDetector on our keys (also returned on its own)."""
     # not "loss" (the same curve as train/loss) nor the restricted loss (it jumps when the key
     # frequencies change, which is no learning event); a window of 10 logs: full-batch curves
     # are smooth, and the first two windows, where no move can start, end at 2 x 10 logs
     keys = ["train/loss", "test/loss", "train/acc", "test/acc"]
     window = events.PlateauConfig(window=10)
     dets = list(events.default_detectors(keys, plateau=window))
-    dets = [d for d in dets if type(d).__name__ != "GrokkingDetector"]
-    dets.append(
-        events.GrokkingDetector(train_key="train/acc", test_key="test/acc", threshold=cfg.threshold)
+    dets = [d for d in dets if not isinstance(d, events.GrokkingDetector)]
+    grokking = events.GrokkingDetector(
+        train_key="train/acc", test_key="test/acc", threshold=cfg.threshold
     )
-    return dets
+    return [*dets, grokking], grokking
 
 
 def resolve_device(name: str) -> torch.device:
@@ -203,8 +200,8 @@ def _train(
     }
     if cfg.sharpness_every and _has_metric("sharpness"):
         metrics["sharpness"] = dynmon.every(cfg.sharpness_every)
-    detectors = _detectors(cfg)
-    tracker = phases.PhaseTracker(threshold=cfg.threshold, accuracy_events=detectors is None)
+    detectors, grokking = _detectors(cfg)
+    tracker = phases.CircuitTracker(threshold=cfg.threshold)
     history: dict[str, list[tuple[int, float]]] = {}
     coeffs: dict[int, torch.Tensor] = {}
     keys_seen: dict[int, list[int]] = {}
@@ -259,7 +256,7 @@ def _train(
                 snapshots[step] = [p.detach().clone().cpu() for p in params]
             if step % cfg.log_every == 0 or step == cfg.steps:
                 log(step)
-                grok = tracker.grokking_step
+                grok = grokking.grokking_step
                 if cfg.stop_after_grok and grok is not None and step >= grok + cfg.stop_after_grok:
                     break
             else:
