@@ -1,5 +1,8 @@
 """Symmetric linear operators on flat vectors and the spectral estimators run on them.
 
+(One file over ~500 lines on purpose: the five estimators share the operator contract, the
+probe and reorthogonalisation helpers, and one dense-reference test file.)
+
 Model-agnostic. An operator is anything with ``matvec(v) -> Tensor``, ``shape``, ``dtype`` and
 ``device``; every estimator also takes a dense symmetric ``[n, n]`` tensor, so the Hessian code
 and its tests share one implementation that is checked against dense references. An operator
