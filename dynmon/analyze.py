@@ -54,15 +54,27 @@ class AnalyzeConfig:
 
 
 # -- the offline metric --------------------------------------------------------------------------
+def distances_to_final(
+    factors: Mapping[str, tuple[Tensor, Tensor]], final: Mapping[str, tuple[Tensor, Tensor]]
+) -> dict[str, Tensor]:
+    """``‖M_f (I − M_t⁺ M_t)‖_F / ‖M_f‖_F`` of every head, per circuit (``M = A Bᵀ``).
+
+    ``factors[c]`` is ``(A, B)`` as ``[..., L, H, D, dh]`` (leading dims, e.g. steps, broadcast
+    against ``final[c]``'s); returns ``[..., L, H]`` per circuit. One definition for
+    ``dynmon analyze`` and the induction pack's hindsight.
+    """
+    return {
+        c: subspace.projection_residual_factored(A, B, *final[c]) for c, (A, B) in factors.items()
+    }
+
+
 def final_distance_metric(final: Mapping[str, tuple[Tensor, Tensor]]) -> MetricSpec:
     """The seed paper's distance of each head's QK/OV to its final matrix, as a metric row."""
 
     def compute(ctx: LookContext) -> Output:
         out = Output()
         means = []
-        for circuit, (A, B) in head_factors(ctx.heads).items():
-            A_f, B_f = final[circuit]
-            d = subspace.projection_residual_factored(A, B, A_f, B_f)  # [L, H]
+        for circuit, d in distances_to_final(head_factors(ctx.heads), final).items():  # [L, H]
             out.scalars.update(head_scalars(FINAL, d, circuit))
             out.arrays[key(FINAL, circuit)] = d
             means.append(d.flatten())

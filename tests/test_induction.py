@@ -317,3 +317,32 @@ def test_embeddings_start_at_the_configured_scale_and_the_rest_as_transformer_le
         assert float(w.std()) == pytest.approx(0.8 / 64**0.5, rel=0.05)
     assert torch.equal(big.W_E, again.W_E) and torch.equal(big.W_pos, again.W_pos)  # seeded
     assert torch.equal(big.blocks[0].attn.W_Q, tl.blocks[0].attn.W_Q)  # only embeddings change
+
+
+def test_distance_to_final_is_the_seed_papers_measure_on_dense_matrices():
+    """The pack's batched hindsight distance (via dynmon.analyze) against dense pinv per head."""
+    from dynmon.experiments.induction.train import distance_to_final
+
+    gen = torch.Generator().manual_seed(0)
+    L, H, D_, dh = 2, 3, 8, 2
+    history = {
+        s: {
+            c: (torch.randn(L, H, D_, dh, generator=gen), torch.randn(L, H, D_, dh, generator=gen))
+            for c in ("QK", "OV")
+        }
+        for s in (0, 10, 20)
+    }
+    ref = distance_to_final(history)
+    assert ref["steps"] == [0, 10, 20]
+    for c in ("QK", "OV"):
+        A_f, B_f = (x.double() for x in history[20][c])
+        for i, s in enumerate(ref["steps"]):
+            A, B = (x.double() for x in history[s][c])
+            for layer in range(L):
+                for head in range(H):
+                    M = A[layer, head] @ B[layer, head].T  # [D, D]
+                    M_f = A_f[layer, head] @ B_f[layer, head].T
+                    resid = M_f @ (torch.eye(D_, dtype=torch.float64) - torch.linalg.pinv(M) @ M)
+                    want = float(torch.linalg.norm(resid) / torch.linalg.norm(M_f))
+                    assert ref[c][i, layer, head] == pytest.approx(want, abs=1e-5)
+        assert np.allclose(ref[c][-1], 0.0, atol=1e-5)  # the final matrix against itself

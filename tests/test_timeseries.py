@@ -19,6 +19,7 @@ from dynmon.metrics.timeseries import (
     ema,
     local_polyfit,
     moving_average,
+    moving_median,
     norm_curvature,
     second_derivative,
     smooth,
@@ -215,3 +216,28 @@ def test_ema_and_moving_average():
         Smoothing("median", 3)
     with pytest.raises(ValueError):
         Smoothing("savgol", 3, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.one_of(st.floats(-1e6, 1e6), st.just(float("nan"))), max_size=30),
+    st.integers(1, 8),
+)
+def test_moving_median_is_the_median_of_each_windows_finite_values(values, window):
+    """Against a loop over the windows ``moving_average`` uses (NaN where a window has none)."""
+    got = moving_median(values, window)
+    x = np.asarray(values, dtype=float)
+    for i in range(len(x)):
+        seg = x[max(0, i - (window - 1) // 2) : i + window // 2 + 1]
+        seg = seg[np.isfinite(seg)]
+        want = float(np.median(seg)) if len(seg) else np.nan
+        np.testing.assert_equal(got[i], want)
+    assert got.shape == x.shape
+
+
+def test_moving_median_ignores_an_outlier_the_mean_follows():
+    x = [1.0, 1.0, 100.0, 1.0, 1.0]
+    assert moving_median(x, 3).tolist() == [1.0, 1.0, 1.0, 1.0, 1.0]
+    assert moving_average(x, 3)[2] == pytest.approx(34.0)
+    with pytest.raises(ValueError, match="window must be >= 1"):
+        moving_median(x, 0)

@@ -19,6 +19,7 @@ to mean the same thing along the run. The norm curvature uses the step numbers t
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ __all__ = [
     "as_series",
     "ema",
     "moving_average",
+    "moving_median",
     "local_polyfit",
     "smooth",
     "second_derivative",
@@ -120,6 +122,24 @@ def moving_average(x: Any, window: int) -> np.ndarray:
     cnt = ccnt[hi] - ccnt[lo]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(cnt > 0, (csum[hi] - csum[lo]) / np.maximum(cnt, 1), np.nan)
+
+
+def moving_median(x: Any, window: int) -> np.ndarray:
+    """Centred moving median of ``window`` points (the windows of ``moving_average``), NaN-ignoring.
+
+    Robust to single outliers where the mean is not; a window holding only NaN gives NaN.
+    """
+    if window < 1:
+        raise ValueError(f"moving-median window must be >= 1, got {window}")
+    x = as_series(x)
+    if len(x) == 0:
+        return x
+    pad_lo, pad_hi = (window - 1) // 2, window // 2  # NaN padding: windows shrink at the ends
+    padded = np.concatenate([np.full(pad_lo, np.nan), x, np.full(pad_hi, np.nan)])
+    windows = sliding_window_view(padded, window)  # [n, window], a view
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN windows: NaN, said in the doc
+        return np.nanmedian(windows, axis=1)
 
 
 def local_polyfit(

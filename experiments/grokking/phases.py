@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from dynmon.metrics.timeseries import moving_median
+
 CIRCUIT_DROP = 0.10  # restricted loss below (1 - drop) x running max since memorisation
 CLEANUP_RATE = 0.5  # weight-norm fall rate >= this x its rate at grokking
 MOVE_K = 3.0  # robust standard deviations
@@ -57,17 +59,6 @@ def first_at_or_above(
         if v >= threshold:
             return int(s)
     return None
-
-
-def running_median(values: Sequence[float], window: int = 3) -> np.ndarray:
-    """Centred running median (shrinking at the ends), NaNs ignored."""
-    x = np.asarray(values, dtype=float)
-    half = window // 2
-    out = np.empty_like(x)
-    for i in range(len(x)):
-        seg = x[max(0, i - half) : i + half + 1]
-        out[i] = np.nanmedian(seg) if np.isfinite(seg).any() else np.nan
-    return out
 
 
 def _window(steps: np.ndarray, start: int, width: float) -> np.ndarray:
@@ -123,7 +114,7 @@ def moved_step(
     out.update(level=level, change=change, noise=noise, threshold=threshold)
     if abs(change) <= k * noise and direction == "any":
         return out
-    smooth = running_median(x)
+    smooth = moving_median(x, 3)
     dev = smooth - level
     if direction == "down":
         beyond = dev < -threshold
@@ -188,7 +179,7 @@ def cleanup_step(
     s = np.asarray(steps, dtype=float)
     if len(s) < 3 or grokking_step not in set(s.tolist()):
         return None
-    w = running_median(weight_norm)
+    w = moving_median(weight_norm, 3)
     fall = np.full_like(w, np.nan)
     fall[1:-1] = -(w[2:] - w[:-2]) / (s[2:] - s[:-2])  # centred −dW/dt
     g = int(np.nonzero(s == grokking_step)[0][0])

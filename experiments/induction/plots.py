@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from dynmon.keys import key
+from dynmon.metrics.timeseries import moving_average, moving_median
 from dynmon.report import save_figure
-
-from .timing import running
 
 FIGURE = "induction.png"
 
@@ -58,7 +57,9 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     s, v = run.series("loss")
     if len(s):
         ax_loss.plot(s, v, color="0.8", lw=0.6, label="training loss")
-        ax_loss.plot(s, running(v, 25), color="0.45", lw=1.0, label="training loss (smoothed)")
+        ax_loss.plot(
+            s, moving_average(v, 25), color="0.45", lw=1.0, label="training loss (smoothed)"
+        )
     for name, color, label in (
         ("probe/loss_first", "tab:orange", "probe: first-occurrence tokens"),
         ("probe/loss_repeated", "tab:blue", "probe: repeated tokens"),
@@ -118,7 +119,7 @@ def draw(run_dir: Path | str, summary: dict[str, Any]) -> Path | None:
     common = np.intersect1d(qs, os_)
     if len(common):
         d = 0.5 * (qk[np.isin(qs, common)] + ov[np.isin(os_, common)])
-        ax_sub.plot(common, running(d, 3, "median"), color="k", lw=1.6, label="QK and OV")
+        ax_sub.plot(common, moving_median(d, 3), color="k", lw=1.6, label="QK and OV")
     if stab.get("threshold") is not None:
         ax_sub.axhline(stab["threshold"], color="tab:blue", lw=0.8, ls="--", label="threshold")
     look = cfg.get("look_every", "?")

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from dynmon.metrics.timeseries import moving_average, moving_median
+
 
 def largest_cliff(events: Iterable[dict[str, Any]], key: str) -> dict[str, Any] | None:
     """The ``cliff`` event on ``key`` with the largest drop (``size``), or None."""
@@ -39,23 +41,12 @@ def first_event(events: Iterable[dict[str, Any]], kind: str, key: str) -> dict[s
     return min(found, key=lambda e: e.get("at", e["step"]), default=None)
 
 
-def running(values: np.ndarray, window: int, how: str = "mean") -> np.ndarray:
-    """Centred running mean or median over ``window`` points (shrinking at the ends)."""
-    values = np.asarray(values, dtype=float)
-    half = window // 2
-    fn = np.nanmean if how == "mean" else np.nanmedian
-    out = np.empty_like(values)
-    for i in range(len(values)):
-        out[i] = fn(values[max(0, i - half) : i + half + 1])
-    return out
-
-
 def steepest_drop(steps: Sequence[int], values: Sequence[float], window: int = 5) -> int | None:
     """Step of the fastest fall of the smoothed curve (central difference), None if < 3 points."""
     steps_a = np.asarray(steps, dtype=float)
     if len(steps_a) < 3:
         return None
-    smooth = running(np.asarray(values, dtype=float), window)
+    smooth = moving_average(values, window)
     slope = (smooth[2:] - smooth[:-2]) / (steps_a[2:] - steps_a[:-2])  # at steps[1:-1]
     if not np.isfinite(slope).any():
         return None
@@ -86,7 +77,7 @@ def settle(
     out.update(floor=floor, steps=steps_a.tolist(), smoothed=v.tolist())
     if len(v) == 0:
         return out
-    v = running(v, smooth, "median") if smooth > 1 else v
+    v = moving_median(v, smooth) if smooth > 1 else v
     if floor is None:
         floor = float(np.median(v[-max(1, math.ceil(tail * len(v))) :]))
     peak_i = int(np.argmax(v))

@@ -71,19 +71,20 @@ def head_weights(model: torch.nn.Module) -> Factors:
 def distance_to_final(history: dict[int, Factors]) -> dict[str, Any]:
     """The seed paper's offline measure: every head's QK and OV against its final matrix.
 
-    ``‖M_final (I − M_t⁺ M_t)‖_F / ‖M_final‖_F`` per head (``projection_residual_factored``),
-    for every kept step at once. Returns the steps and ``QK``, ``OV`` as ``[N, L, H]`` arrays.
+    ``‖M_final (I − M_t⁺ M_t)‖_F / ‖M_final‖_F`` per head (``dynmon.analyze.distances_to_final``,
+    as ``dynmon analyze`` logs it), for every kept step at once. Returns the steps and ``QK``,
+    ``OV`` as ``[N, L, H]`` arrays.
     """
-    from dynmon.metrics.subspace import projection_residual_factored
+    from dynmon.analyze import distances_to_final
 
     steps = sorted(history)
-    out: dict[str, Any] = {"steps": steps}
-    for circuit in ("QK", "OV"):
-        A = torch.stack([history[s][circuit][0] for s in steps])  # [N, L, H, D, dh]
-        B = torch.stack([history[s][circuit][1] for s in steps])  # [N, L, H, D, dh]
-        d = projection_residual_factored(A, B, A[-1:], B[-1:])  # [N, L, H]
-        out[circuit] = d.double().numpy()
-    return out
+    stacked = {  # circuit -> (A, B), each [N, L, H, D, dh]
+        c: tuple(torch.stack([history[s][c][i] for s in steps]) for i in (0, 1))
+        for c in ("QK", "OV")
+    }
+    final = {c: (A[-1:], B[-1:]) for c, (A, B) in stacked.items()}  # [1, L, H, D, dh]
+    d = distances_to_final(stacked, final)  # circuit -> [N, L, H]
+    return {"steps": steps, **{c: v.double().numpy() for c, v in d.items()}}
 
 
 def run(
