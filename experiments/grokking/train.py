@@ -113,16 +113,6 @@ def measure(
     return scalars, keep
 
 
-def _has_metric(name: str) -> bool:
-    """Whether this dynmon ships the metric (curvature lives in an optional module)."""
-    from dynmon.metrics.table import METRICS
-
-    if name not in METRICS:
-        warnings.warn(f"grokking: dynmon has no {name!r} metric here; not computed", stacklevel=3)
-        return False
-    return True
-
-
 def _detectors(cfg: GrokkingConfig) -> tuple[list[Any], events.GrokkingDetector]:
     """dynmon's own detectors with a GrokkingDetector on our keys (also returned on its own)."""
     # not "loss" (the same curve as train/loss) nor the restricted loss (it jumps when the key
@@ -198,7 +188,7 @@ def _train(
         "subspace_dist": dynmon.every(cfg.look_every),
         "weight_erank": None,
     }
-    if cfg.sharpness_every and _has_metric("sharpness"):
+    if cfg.sharpness_every:  # dynmon always ships sharpness (dynmon.metrics.curvature)
         metrics["sharpness"] = dynmon.every(cfg.sharpness_every)
     detectors, grokking = _detectors(cfg)
     tracker = phases.CircuitTracker(threshold=cfg.threshold)
