@@ -34,6 +34,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # a dependency; the standard library is the fallback
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover
+    _fast_loads = json.loads
+
 CONFIG, METRICS, ARRAYS, EVENTS, SUMMARY, HINDSIGHT = (
     "config.json",
     "metrics.jsonl",
@@ -317,6 +322,21 @@ def _as_array(v: Any) -> np.ndarray:
         return np.asarray(math.nan)
 
 
+def parse_line(line: bytes | str) -> dict[str, Any] | None:
+    """One JSON object (a JSON-lines row, or a whole config/summary file), or None when it does
+    not parse (a killed writer's cut line) or is not an object. The one parser of run files:
+    orjson where present (about 4x faster on float-heavy rows), Python's json for the bare
+    ``NaN``/``Infinity`` tokens strict parsers refuse."""
+    try:
+        obj = _fast_loads(line)
+    except ValueError:
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            return None
+    return obj if isinstance(obj, dict) else None
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The objects of a JSON-lines file; lines that do not parse (a killed writer's last, cut
     line) are skipped with one warning. A missing file reads as empty."""
@@ -327,15 +347,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
+            obj = parse_line(line)
+            if obj is None:
                 bad.append(lineno)
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
             else:
-                bad.append(lineno)
+                rows.append(obj)
     if bad:
         warnings.warn(
             f"dynmon: skipped {len(bad)} unreadable line(s) of {path} (line {bad[:5]}); a writer "

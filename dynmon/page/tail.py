@@ -9,7 +9,6 @@ and rows with the same keys are converted in one NumPy call.
 from __future__ import annotations
 
 import gc
-import json
 import math
 import warnings
 from collections.abc import Iterator
@@ -18,11 +17,6 @@ from typing import Any
 
 import numpy as np
 
-try:  # about four times faster than the standard library on float-heavy lines
-    from orjson import loads as _fast_loads
-except ImportError:  # pragma: no cover - orjson is a dependency; json is the fallback
-    _fast_loads = json.loads
-
 from dynmon.runfolder import (
     ARRAYS,
     CONFIG,
@@ -30,6 +24,7 @@ from dynmon.runfolder import (
     METRICS,
     NONFINITE,
     SUMMARY,
+    parse_line,
     restore,
     step_of,
 )
@@ -172,18 +167,11 @@ class RunTail:
             if not line.strip():
                 continue
             self.lines_read += 1
-            try:
-                obj = _fast_loads(line)
-            except ValueError:
-                try:  # Python's bare NaN/Infinity tokens, which strict parsers refuse
-                    obj = json.loads(line)
-                except ValueError:
-                    self.bad_lines += 1
-                    continue
-            if isinstance(obj, dict):
-                yield obj
-            else:
+            obj = parse_line(line)
+            if obj is None:
                 self.bad_lines += 1
+            else:
+                yield obj
 
     def _add_metrics(self, lines: list[bytes]) -> None:
         """Rows grouped by their key tuple, each group turned into one float matrix."""
@@ -248,11 +236,15 @@ class RunTail:
             return old
         self._stamps[name] = stamp
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError) as exc:
-            warnings.warn(f"dynmon: {path} is not valid JSON ({exc}); ignored", RuntimeWarning, 3)
+            obj = parse_line(path.read_bytes())
+        except OSError as exc:
+            obj, why = None, str(exc)
+        else:
+            why = "not a JSON object"
+        if obj is None:
+            warnings.warn(f"dynmon: {path} is not valid JSON ({why}); ignored", RuntimeWarning, 3)
             return old
-        return restore(obj) if isinstance(obj, dict) else old
+        return restore(obj)
 
     # -- answering --------------------------------------------------------------------------------
     def keys(self) -> list[str]:

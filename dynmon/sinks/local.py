@@ -24,6 +24,7 @@ from dynmon.runfolder import (
     dumps_line,
     encode_float,
     jsonable,
+    parse_line,
     restore,
     step_of,
 )
@@ -65,8 +66,8 @@ class RunFolderSink:
         summary = self.run_dir / SUMMARY
         if summary.is_file():  # a resumed run keeps its earlier headline figures
             try:
-                self._summary = restore(json.loads(summary.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, OSError):
+                self._summary = restore(parse_line(summary.read_bytes()) or {})
+            except OSError:
                 self._summary = {}
             self._summary.pop(UNWRITTEN, None)  # counted again for this writer
         self._queue(METRICS, b"")  # exists from the start, so a run being written already loads
@@ -213,11 +214,8 @@ class RunFolderSink:
         lines = [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
         kept, dropped = [], 0
         for line in lines:
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:  # a killed writer's cut last line
-                continue
-            if not isinstance(event, dict):
+            event = parse_line(line)
+            if event is None:  # a killed writer's cut last line
                 continue
             ev_step = step_of(event)
             if step is None or (ev_step is not None and ev_step > step):
