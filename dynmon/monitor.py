@@ -15,7 +15,7 @@ import contextlib
 import math
 import typing
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from dynmon.metrics.table import METRICS, PRESETS
 from dynmon.runfolder import jsonable, new_run_dir
 from dynmon.schedule import Schedule, as_schedule, every, logspace
 from dynmon.sinks import Sink, make_sink
+from dynmon.threads import intra_op_threads
 
 MAX_EVENTS = 10_000  # events kept in memory (all of them go to the sinks)
 KNOWN_NEEDS = frozenset(typing.get_args(Need))  # what a MetricSpec may declare in ``needs``
@@ -72,23 +73,7 @@ GATHER_NEEDS = HEAD_NEEDS | {"weights", "prev_weights"}
 UNSHARDABLE_NEEDS = frozenset({"grads", "prev_weights", "curvature"})
 
 
-@contextlib.contextmanager
-def _intra_op_threads(n: int | None) -> Iterator[None]:
-    """Run a look with ``n`` CPU threads, then restore the training's setting.
-
-    Batched small LAPACK calls (QR/SVD of dh x dh cores) gain nothing from threads and, on a
-    busy machine, MKL/OpenMP barriers make them hundreds of times slower (measured: 24 SVDs of
-    64 x 64 took 5.8 s with 2 threads on a loaded 2-core machine, 7 ms with 1).
-    """
-    before = torch.get_num_threads()
-    if n is None or n == before:
-        yield
-        return
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+_intra_op_threads = intra_op_threads  # the look's thread guard (dynmon/threads.py)
 
 
 def _to_plain(value: Any) -> Any:

@@ -10,10 +10,9 @@ overrides the choice; 0 means "pick".
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
+
+from dynmon.threads import intra_op_threads
 
 # Models up to this many trainable parameters train with one thread on CPU. The quick presets
 # (50k-120k parameters) run 1.4x (idle) to 10x (loaded) faster on 1 thread than on 2 on a 2-core
@@ -33,12 +32,4 @@ def pick_threads(requested: int, n_params: int, device: str | torch.device = "cp
     return torch.get_num_threads()
 
 
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` intra-op threads; the caller's count is restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+torch_threads = intra_op_threads  # the one thread guard, shared with the Monitor's looks
