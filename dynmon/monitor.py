@@ -516,7 +516,7 @@ class Monitor:
         self._keep_prev_weights(step + 1)
 
     def _flush(
-        self, looked: Mapping[str, Any] | None = None, arrays: Mapping[str, Any] = {}
+        self, looked: Mapping[str, Any] | None = None, arrays: Mapping[str, Any] | None = None
     ) -> None:
         """Convert the pending rows (and a look's outputs, which belong to the last row) in one
         transfer per device, then write each row and feed the detectors, in step order."""
@@ -524,7 +524,7 @@ class Monitor:
         if not rows and not looked:
             return
         parts: list[Mapping[str, Any]] = [v for _, v in rows] + [looked or {}]
-        converted, host_arrays = _to_host_values(parts, arrays)
+        converted, host_arrays = _to_host_values(parts, arrays or {})
         for i, (row_step, _) in enumerate(rows):
             logged = converted[i]
             last = i == len(rows) - 1
