@@ -35,3 +35,35 @@ class Untouched:
             assert p.dtype == self.params[n].dtype
         for n, b in model.named_buffers():
             assert torch.equal(b, self.buffers[n]), n
+
+
+def train_tiny_lm(
+    run_dir, monitor_kwargs=None, check_untouched: bool = False
+) -> list[torch.Tensor]:
+    """Four SGD steps of a seeded TinyLM, with a Monitor built from ``monitor_kwargs`` (strict,
+    ``lm_loss`` and a fixed probe batch) when given; returns the trained weights, so a watched
+    and an unwatched run can be compared bitwise. ``check_untouched`` also checks every look."""
+    from conftest import TinyLM, lm_loss
+
+    import dynmon
+
+    torch.manual_seed(0)
+    model = TinyLM(vocab=16, d_model=16, n_heads=2, n_layers=1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    probe = torch.randint(0, 16, (6, 9), generator=torch.Generator().manual_seed(5))
+    mon = None
+    if monitor_kwargs is not None:
+        kw = {"strict": True, "loss_fn": lm_loss, "probe_batch": probe, **monitor_kwargs}
+        mon = dynmon.Monitor(model, run_dir, **kw)
+    for step in range(4):
+        opt.zero_grad()
+        lm_loss(model, torch.randint(0, 16, (4, 9))).backward()
+        opt.step()
+        if mon is not None:
+            before = Untouched(model) if check_untouched else None
+            mon.step(step)
+            if before is not None:
+                before.check()
+    if mon is not None:
+        mon.close()
+    return [p.detach().clone() for p in model.parameters()]

@@ -152,37 +152,15 @@ def test_a_non_finite_weight_gets_nan_and_the_others_their_fit():
 def test_monitor_runs_esd_alpha_and_training_stays_bitwise(tmp_path):
     """Attaching esd_alpha changes nothing of the run: weights, .grad, modes and the global RNG
     after each look are as they were, and the trained weights equal an unwatched run's."""
-    from conftest import TinyLM, lm_loss
-    from side_effects import Untouched
+    from side_effects import train_tiny_lm
 
     import dynmon
 
-    def train(with_monitor: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        model = TinyLM(vocab=16, d_model=16, n_heads=2, n_layers=1)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        mon = None
-        if with_monitor:
-            mon = dynmon.Monitor(
-                model,
-                tmp_path / "run",
-                schedule=dynmon.every(2),
-                metrics=["esd_alpha"],
-                strict=True,
-            )
-        for step in range(4):
-            opt.zero_grad()
-            lm_loss(model, torch.randint(0, 16, (4, 9))).backward()
-            opt.step()
-            if mon is not None:
-                before = Untouched(model)
-                mon.step(step)
-                before.check()
-        if mon is not None:
-            mon.close()
-        return [p.detach().clone() for p in model.parameters()]
-
-    plain, watched = train(False), train(True)
+    run = tmp_path / "run"
+    plain = train_tiny_lm(run)
+    watched = train_tiny_lm(
+        run, {"schedule": dynmon.every(2), "metrics": ["esd_alpha"]}, check_untouched=True
+    )
     assert all(torch.equal(a, b) for a, b in zip(plain, watched, strict=True))
     rows = [r for r in dynmon.load_run(tmp_path / "run").metrics if "dynmon/esd_alpha" in r]
     assert len(rows) == 2 and all(np.isfinite(r["dynmon/esd_alpha"]) for r in rows)

@@ -147,33 +147,11 @@ def test_leaves_model_grads_rng_and_mode_alone(dropout):
 
 
 def test_monitor_runs_grad_noise_and_training_stays_bitwise(tmp_path):
-    def train(with_monitor: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        model = TinyLM(vocab=16, d_model=16, n_heads=2, n_layers=1)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        probe = torch.randint(0, 16, (6, 9), generator=torch.Generator().manual_seed(5))
-        mon = None
-        if with_monitor:
-            mon = dynmon.Monitor(
-                model,
-                tmp_path / "run",
-                schedule=dynmon.every(2),
-                metrics=["grad_noise"],
-                strict=True,
-                loss_fn=lm_loss,
-                probe_batch=probe,
-            )
-        for step in range(4):
-            opt.zero_grad()
-            lm_loss(model, torch.randint(0, 16, (4, 9))).backward()
-            opt.step()
-            if mon is not None:
-                mon.step(step)
-        if mon is not None:
-            mon.close()
-        return [p.detach().clone() for p in model.parameters()]
+    from side_effects import train_tiny_lm
 
-    plain, watched = train(False), train(True)
+    run = tmp_path / "run"
+    plain = train_tiny_lm(run)
+    watched = train_tiny_lm(run, {"schedule": dynmon.every(2), "metrics": ["grad_noise"]})
     assert all(torch.equal(a, b) for a, b in zip(plain, watched, strict=True))
     rows = dynmon.load_run(tmp_path / "run").metrics
     assert GRAD_NOISE.name == "grad_noise"

@@ -135,36 +135,19 @@ def test_leaves_model_grads_rng_and_mode_alone(dropout):
 
 
 def test_monitor_runs_llc_and_training_stays_bitwise(tmp_path):
-    def train(with_monitor: bool) -> list[torch.Tensor]:
-        torch.manual_seed(0)
-        model = TinyLM(vocab=16, d_model=16, n_heads=2, n_layers=1)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        probe = torch.randint(0, 16, (6, 9), generator=torch.Generator().manual_seed(5))
-        mon = None
-        if with_monitor:
-            mon = dynmon.Monitor(
-                model,
-                tmp_path / "run",
-                metrics={"llc": dynmon.every(2)},
-                strict=True,
-                loss_fn=lm_loss,
-                probe_batch=probe,
-                options={"llc_chains": 2, "llc_draws": 4},
-            )
-        for step in range(4):
-            opt.zero_grad()
-            lm_loss(model, torch.randint(0, 16, (4, 9))).backward()
-            opt.step()
-            if mon is not None:
-                mon.step(step)
-        if mon is not None:
-            mon.close()
-        return [p.detach().clone() for p in model.parameters()]
+    from side_effects import train_tiny_lm
 
-    plain = train(False)
+    run = tmp_path / "run"
+    plain = train_tiny_lm(run)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        watched = train(True)
+        watched = train_tiny_lm(
+            run,
+            {
+                "metrics": {"llc": dynmon.every(2)},
+                "options": {"llc_chains": 2, "llc_draws": 4},
+            },
+        )
     assert all(torch.equal(a, b) for a, b in zip(plain, watched, strict=True))
     rows = dynmon.load_run(tmp_path / "run").metrics
     assert LLC.name == "llc"
