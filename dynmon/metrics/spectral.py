@@ -97,22 +97,13 @@ def _svdvals(M: Tensor) -> tuple[Tensor, Tensor]:
     return _nan_bad(s, bad, 1), bad
 
 
-def _circuit_core(
-    A: Tensor, B: Tensor, bases: bool = True
-) -> tuple[Tensor | None, Tensor | None, Tensor, Tensor]:
-    """Thin-QR bases and the small core of ``A @ B.mT``: ``Q_A, Q_B, R_A @ R_B.mT, bad``.
-
-    ``bases=False`` skips forming the Q factors (None): R alone is several times cheaper.
-    """
+def _circuit_core(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Thin-QR bases and the small core of ``A @ B.mT``: ``Q_A, Q_B, R_A @ R_B.mT, bad``."""
     A, B = _common_dtype(A, B)
     bad_A, bad_B = _nonfinite(A), _nonfinite(B)  # each factor's own batch: no broadcast copies
-    mode = "reduced" if bases else "r"
-    Q_A, R_A = torch.linalg.qr(_zero_bad(A, bad_A), mode=mode)  # [..., D, r_a], [..., r_a, dh]
-    Q_B, R_B = torch.linalg.qr(_zero_bad(B, bad_B), mode=mode)  # [..., D, r_b], [..., r_b, dh]
-    core = R_A @ R_B.mT  # [..., r_a, r_b]
-    if not bases:
-        return None, None, core, bad_A | bad_B
-    return Q_A, Q_B, core, bad_A | bad_B
+    Q_A, R_A = torch.linalg.qr(_zero_bad(A, bad_A))  # [..., D, r_a], [..., r_a, dh]
+    Q_B, R_B = torch.linalg.qr(_zero_bad(B, bad_B))  # [..., D, r_b], [..., r_b, dh]
+    return Q_A, Q_B, R_A @ R_B.mT, bad_A | bad_B  # core [..., r_a, r_b]
 
 
 def _circuit_svdvals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
