@@ -20,6 +20,7 @@ from torch import Tensor
 __all__ = [
     "GRAM_TOL",
     "CholFactor",
+    "finite_gram",
     "gram",
     "cholesky_factor",
     "qr_factor",
@@ -43,6 +44,15 @@ def gram(F: Tensor) -> Tensor:
     """``FᵀF`` ``[..., D, dh] -> [..., dh, dh]`` in float64, from a product in working precision."""
     F = F.to(working_dtype(F))
     return (F.mT @ F).to(torch.float64)  # [..., dh, dh]
+
+
+def finite_gram(G: Tensor) -> tuple[Tensor, Tensor]:
+    """``G`` with each matrix that holds NaN/Inf (a non-finite factor shows in its Gram, far
+    cheaper to scan) replaced by the identity, so Cholesky and eigenvalues run on the batch;
+    and the mask ``[...]`` of those matrices, whose results the caller reports as NaN."""
+    bad = ~torch.isfinite(G).all(dim=-1).all(dim=-1)
+    eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    return torch.where(bad[..., None, None], eye, G), bad
 
 
 @dataclass(frozen=True)
@@ -120,9 +130,7 @@ def gram_eigvals_svdvals(W: Tensor) -> Tensor:
     m, n = W.shape[-2:]
     W = W.to(working_dtype(W))
     small = W.mT @ W if m >= n else W @ W.mT  # [..., min, min]
-    small = small.to(torch.float64)
-    bad = ~torch.isfinite(small).all(dim=-1).all(dim=-1)  # [...]: NaN/Inf input (or overflow)
-    small = torch.where(bad[..., None, None], torch.zeros((), dtype=small.dtype), small)
+    small, bad = finite_gram(small.to(torch.float64))  # bad: NaN/Inf input (or overflow)
     lam = torch.linalg.eigvalsh(small)  # ascending
     # rounding the Gram product spreads a zero eigenvalue over ±eps·λmax; the most negative one
     # shows how far, so eigenvalues within twice that are taken for zero (a full-rank Gram

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from dynmon.adapters.base import HeadWeights
-from dynmon.metrics.gram import cholesky_factor, gram, qr_factor, working_dtype
+from dynmon.metrics.gram import cholesky_factor, finite_gram, gram, qr_factor, working_dtype
 
 CIRCUITS = ("QK", "OV")
 _CIRCUIT_FACTORS = {"QK": ("Q", "K"), "OV": ("V", "O")}
@@ -162,10 +162,10 @@ def layer_pass(
             cross_ref[f] = prev["C"][f].to(F.device) + P_ref  # A_refᵀA
         del delta
     # a factor holding NaN/Inf shows in its Gram matrix: stand in the identity, report NaN
-    nonfinite = {f: ~torch.isfinite(G).all(dim=-1).all(dim=-1) for f, G in grams.items()}  # [h]
-    for f, bad_f in nonfinite.items():
-        eye = torch.eye(grams[f].shape[-1], dtype=grams[f].dtype, device=grams[f].device)
-        grams[f] = torch.where(bad_f[:, None, None], eye, grams[f])
+    nonfinite: dict[str, Tensor] = {}  # factor -> bool [h]
+    for f in list(grams):
+        grams[f], bad_f = finite_gram(grams[f])
+        nonfinite[f] = bad_f
         if bool(bad_f.any()):  # sync point (one flag): no drift through a non-finite factor
             cross_prev.pop(f, None)
             cross_ref.pop(f, None)

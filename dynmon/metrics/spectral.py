@@ -19,7 +19,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from dynmon.metrics.gram import factor_from_gram, gram, gram_eigvals_svdvals
+from dynmon.metrics.gram import factor_from_gram, finite_gram, gram, gram_eigvals_svdvals
 
 __all__ = [
     "svdvals",
@@ -115,10 +115,8 @@ def _circuit_svdvals(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     A, B = _common_dtype(A, B)
     R, bad = [], []
     for F in (A, B):
-        G = gram(F)  # [..., dh, dh]: NaN/Inf in F show here, far cheaper than scanning F
-        nonfinite = ~torch.isfinite(G).all(dim=-1).all(dim=-1)
-        eye = torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
-        R.append(factor_from_gram(F, torch.where(nonfinite[..., None, None], eye, G))[0])
+        G, nonfinite = finite_gram(gram(F))  # [..., dh, dh], [...]
+        R.append(factor_from_gram(F, G)[0])
         bad.append(nonfinite)
     bad_A, bad_B = bad
     core = R[0] @ R[1].mT  # [..., dh, dh] float64
