@@ -211,10 +211,14 @@ def detect(case: Case, make_detector: Callable[[], object]) -> list[dict]:
 def score(case: Case, events: list[dict], tol_windows: float = 1.0) -> tuple[int, int, int]:
     """(true positives, expected, found): one-to-one matches of kind and ``at`` within
     ``tol_windows`` windows of logs."""
-    tol = tol_windows * WINDOW * case.every
-    used: set[int] = set()
-    tp = 0
-    for kind, t in case.expected:
+    pairs, _ = match(events, case.expected, tol_windows * WINDOW * case.every)
+    return len(pairs), len(case.expected), len(events)
+
+
+def match(events: list[dict], expected, tol: float) -> tuple[list, list[dict]]:
+    """Greedy one-to-one matching of (kind, at) within ``tol`` steps: (pairs, unmatched)."""
+    used, pairs = set(), []
+    for kind, t in expected:
         best = None
         for i, e in enumerate(events):
             if i in used or e["kind"] != kind or abs(e["at"] - t) > tol:
@@ -223,8 +227,8 @@ def score(case: Case, events: list[dict], tol_windows: float = 1.0) -> tuple[int
                 best = i
         if best is not None:
             used.add(best)
-            tp += 1
-    return tp, len(case.expected), len(events)
+            pairs.append((kind, t, events[best]))
+    return pairs, [e for i, e in enumerate(events) if i not in used]
 
 
 def precision_recall(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from detector_families import match
 
 from dynmon.events import (
     Detector,
@@ -88,22 +89,6 @@ def feed(det, steps, values, key: str = "loss", split: int | None = None):
             det.load_state_dict(state)
         events += det.update(int(s), {key: float(v)})
     return events + det.finalize(int(steps[-1])), det
-
-
-def match(events, expected, tol):
-    """Greedy one-to-one matching of (kind, at) within ``tol`` steps: (pairs, unmatched)."""
-    used, pairs = set(), []
-    for kind, t in expected:
-        best = None
-        for i, e in enumerate(events):
-            if i in used or e["kind"] != kind or abs(e["at"] - t) > tol:
-                continue
-            if best is None or abs(e["at"] - t) < abs(events[best]["at"] - t):
-                best = i
-        if best is not None:
-            used.add(best)
-            pairs.append((kind, t, events[best]))
-    return pairs, [e for i, e in enumerate(events) if i not in used]
 
 
 def _logs_between(steps: np.ndarray, a: float, b: float) -> int:
