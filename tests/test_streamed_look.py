@@ -282,6 +282,36 @@ def test_memory_is_flat_over_looks(tmp_path):
     assert rss[-1] - rss[3] < 0.05 * rss[3]
 
 
+def test_previous_copy_is_rewritten_in_place_and_reference_kept(tmp_path):
+    """From the third look on, the previous look's factor copies are overwritten in place (no
+    large allocation per look), while the reference copies keep the reference weights."""
+    model = _small_model()
+    mon = dynmon.Monitor(model, sinks=[], schedule=lambda s: True, strict=True)
+    at_reference: list[dict[str, torch.Tensor]] = []
+    ptrs = []
+    for step in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        mon.step(step, loss=torch.tensor(1.0))
+        state = mon.state_dict()
+        if step == 0:
+            at_reference = [
+                {f: F.clone() for f, F in layer["F"].items()}
+                for layer in state["references"]["subspace_dist"]
+            ]
+        prev = state["snapshots"]["subspace_dist"]
+        ptrs.append([F.data_ptr() for layer in prev for F in layer["F"].values()])
+    ref = state["references"]["subspace_dist"]
+    for layer, saved in zip(ref, at_reference, strict=True):
+        assert all(torch.equal(layer["F"][f], F) for f, F in saved.items())
+    assert ptrs[2] == ptrs[3] == ptrs[4] != ptrs[0]  # reused storage after the second look
+    assert torch.equal(
+        prev[0]["F"]["Q"], dynmon.heads(model)[0].W_Q
+    )  # and it holds the latest weights
+    mon.close()
+
+
 def test_snapshot_device_and_dtype(tmp_path):
     model = _small_model().to(torch.bfloat16)
     mon = dynmon.Monitor(
