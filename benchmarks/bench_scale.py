@@ -6,10 +6,11 @@ Attention modules only (plain ``nn.Linear`` q/k/v/o projections, random weights 
   (c) LLaMA-7B-like  32 layers x 32 heads, D 4096, dh 128 (bfloat16: in float32 the weights
       and the two factor copies subspace drift keeps would need 26 GB)
 For each: the first look, the median of later looks (the weights move a little between looks),
-the peak extra RSS during a look over the RSS before it, and RSS growth over 10 looks after the
-second. In the same run it times the unavoidable arithmetic: the Gram matrices ``AᵀA`` of all
-factors (one batched matmul per layer over its 4 x H factors, same threads as the look) and
-prints look time / that time.
+the peak extra RSS during a look over the RSS before it (the first and second looks keep a new
+copy of the factors, the drift state; "transient" is the part freed again by the look's end), and
+RSS growth over 10 looks after the second. In the same run it times the unavoidable arithmetic:
+the Gram matrices ``AᵀA`` of all factors (one batched matmul per layer over its 4 x H factors,
+same threads as the look) and prints look time / that time.
 
 Run: ``python benchmarks/bench_scale.py [--configs a,b,c] [--looks 12] [--presets economy,full]
 [--device cpu|cuda] [--dtype auto|float32|bfloat16] [--threads N]``.
@@ -123,7 +124,7 @@ def measure(s: Shape, preset: str, looks: int, dtype: torch.dtype, device: str, 
     mon = dynmon.Monitor(
         model, sinks=[], schedule=lambda step: True, metrics=preset, options={"threads": threads}
     )
-    times, peaks, after = [], [], []
+    times, peaks, transient, after = [], [], [], []
     for step in range(looks):
         if step:
             with torch.no_grad():
@@ -138,8 +139,11 @@ def measure(s: Shape, preset: str, looks: int, dtype: torch.dtype, device: str, 
             times.append(time.perf_counter() - t0)
         peaks.append(peak.peak - before)
         after.append(rss())
+        transient.append(peak.peak - max(before, after[-1]))  # freed again by the look's end
         print(
-            f"    look {step}: {times[-1]:.2f} s, peak extra {peaks[-1] / 2**20:.0f} MiB",
+            f"    look {step}: {times[-1]:.2f} s, peak extra {peaks[-1] / 2**20:.0f} MiB "
+            f"(kept {(after[-1] - before) / 2**20:.0f} MiB: the drift state's factor copies; "
+            f"transient {transient[-1] / 2**20:.0f} MiB)",
             flush=True,
         )
     mon.close()
@@ -153,6 +157,7 @@ def measure(s: Shape, preset: str, looks: int, dtype: torch.dtype, device: str, 
         "peak_first": peaks[0] / weights,
         "peak_second": peaks[1] / weights if len(peaks) > 1 else float("nan"),
         "peak_later": max(peaks[2:] or peaks) / weights,
+        "transient": max(transient) / weights,
         "growth": growth,
         "gram": ref,
         "weights_mib": weights / 2**20,
@@ -187,7 +192,8 @@ def main() -> None:
                 f"{r['later']:.2f} s | Gram of all factors {r['gram']:.2f} s -> later look = "
                 f"{r['later'] / r['gram']:.2f} x Gram | peak extra RSS / attention weights: "
                 f"first {r['peak_first']:.2f}, second {r['peak_second']:.2f}, later "
-                f"{r['peak_later']:.2f} | RSS growth over looks 3..{args.looks}: "
+                f"{r['peak_later']:.2f} (transient, any look: {r['transient']:.2f}) | RSS growth "
+                f"over looks 3..{args.looks}: "
                 f"{100 * r['growth']:+.1f}%",
                 flush=True,
             )
