@@ -40,7 +40,7 @@ from torch import nn
 
 from dynmon import adapters
 from dynmon.linalg import slq_density
-from dynmon.metrics.curvature import HessianOperator, hessian_trace
+from dynmon.hessian import HessianOperator, hessian_trace
 from dynmon.metrics.esd import esd_alpha_metric
 from dynmon.metrics.gradnoise import gradient_noise, per_sample_grad_moments
 from dynmon.metrics.llc import SGLDConfig, estimate_llc

@@ -169,12 +169,37 @@ def _sdpa_math() -> contextlib.AbstractContextManager:
 
 
 class _Graph:
-    """The loss and its gradient graph over the selected parameters, shared by operator blocks."""
+    """The loss and its gradient graph over the selected parameters, shared by operator blocks,
+    with what it takes to run the loss again (closure, batch, mode, seed) for batched products."""
 
     def __init__(
-        self, model: nn.Module, names: list[str], params: list[Tensor], grads: list[Tensor | None]
+        self,
+        model: nn.Module,
+        names: list[str],
+        params: list[Tensor],
+        grads: list[Tensor | None],
+        rerun: tuple[LossFn, Any, bool, int],
     ) -> None:
         self.model, self.names, self.params, self.grads = model, names, params, grads
+        self.loss_fn, self.batch, self.dropout, self.seed = rerun
+
+
+class _LossModule(nn.Module):
+    """``loss_fn(model, batch)`` as a module, so ``functional_call`` can swap the model's
+    parameters by name (``model.<name>``) for the duration of one call."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, batch: Any) -> None:
+        super().__init__()
+        self.model = model
+        self._loss = (loss_fn, batch)  # a tuple, so the batch's tensors are not registered
+
+    def forward(self) -> Tensor:
+        loss_fn, batch = self._loss
+        return loss_fn(self.model, batch).reshape(())
+
+
+class _BatchingFailed(RuntimeError):
+    """The batched pass disagreed with the operator's own graph."""
 
 
 class HessianOperator:
@@ -186,9 +211,17 @@ class HessianOperator:
     alive until the operator is dropped; each ``matvec`` is one double-backward pass.
     ``dropout=False`` evaluates in eval mode; ``True`` in train mode with the dropout masks
     drawn once from ``generator`` (fixed across matvecs, so the operator stays linear).
-    ``matmat`` applies a block of vectors in one vmapped double backward when ``batched``
-    (default: on CUDA, where single products are launch-bound), else one ``matvec`` each.
+    ``matmat`` applies a block of vectors in one vmapped pass when ``batched`` (default: on
+    CUDA, where single products are launch-bound), else one ``matvec`` each: blocks of at least
+    ``forward_min_block`` vectors go forward-over-reverse (``vmap`` of ``jvp`` of ``grad``,
+    re-running the loss once per block), smaller ones reverse-over-reverse through the kept
+    graph. On CPU neither reaches 2x the loop on small models (benchmarks/bench_peers.py).
     """
+
+    # the forward-over-reverse pass re-runs the loss and pays a fixed cost per call (forward-mode
+    # rules of the backward ops); it overtook reverse-over-reverse from about 32 vectors a block
+    # on the bench models (bench_peers.py section 4)
+    forward_min_block: int = 32
 
     def __init__(
         self,
@@ -219,12 +252,17 @@ class HessianOperator:
             raise ValueError("the loss does not depend on the selected parameters")
         self.loss = loss.detach()
         graph = _Graph(
-            root, [n for (n, _), _ in pairs], [p for (_, p), _ in pairs], [gr for _, gr in pairs]
+            root,
+            [n for (n, _), _ in pairs],
+            [p for (_, p), _ in pairs],
+            [gr for _, gr in pairs],
+            (loss_fn, batch, dropout, seed),
         )
         self._bind(graph, graph.names)
-        # batched products pay off where one product is launch-bound (GPU); on CPU the vmapped
-        # double backward measured 0.35-1.3x the per-vector loop (benchmarks/bench_peers.py)
+        # batched products pay off where one product is launch-bound (GPU); on CPU they
+        # measured about 1-1.6x the per-vector loop on the bench models (bench_peers.py)
         self._batched = self.device.type == "cuda" if batched is None else bool(batched)
+        self._forward = True  # forward-over-reverse for large blocks, until it fails once
 
     def _bind(self, graph: _Graph, names: list[str]) -> None:
         """Point this operator at the parameters ``names`` of a built graph."""
@@ -287,10 +325,12 @@ class HessianOperator:
         )
 
     def matmat(self, V: Tensor) -> Tensor:
-        """``H V`` for a block of vectors, the columns of ``V`` ``[n, b]``: one batched
-        double-backward pass (autograd's vmap over the cotangents) when the operator is
-        ``batched``, else one ``matvec`` per column. Where an op has no batching rule it warns
-        once and falls back to the loop for this operator."""
+        """``H V`` for a block of vectors, the columns of ``V`` ``[n, b]``, in the operator's
+        dtype and device. When the operator is ``batched``, one vmapped pass per block:
+        forward-over-reverse for blocks of at least ``forward_min_block`` vectors (without
+        dropout), else reverse-over-reverse through the kept graph; otherwise one ``matvec`` per
+        column. Where a batched pass fails (an op without a forward-mode or batching rule) it
+        warns once and uses the next one from then on for this operator, the loop last."""
         n = self.shape[0]
         if V.dim() != 2 or V.shape[0] != n:
             raise ValueError(f"expected a block of shape ({n}, b), got {tuple(V.shape)}")
@@ -298,24 +338,24 @@ class HessianOperator:
         if b == 1 or not self._batched:
             return torch.stack([self.matvec(V[:, j]) for j in range(b)], dim=1)
         rows = V.mT  # [b, n]: one probe vector per row
-        outputs, cotangents = [], []
-        grads = [self._graph.grads[i] for i in self._idx]
-        for gr, p, c in zip(grads, self.params, rows.split(self.sizes, dim=1), strict=True):
-            if gr is not None and gr.requires_grad:  # else that gradient is constant: zero rows
-                outputs.append(gr)
-                cotangents.append(c.reshape(b, *p.shape).to(device=p.device, dtype=gr.dtype))
-        if not outputs:
-            return torch.zeros((n, b), dtype=self.dtype, device=self.device)
         try:
-            hv = torch.autograd.grad(
-                outputs,
-                self.params,
-                cotangents,
-                retain_graph=True,
-                allow_unused=True,
-                is_grads_batched=True,
-            )
-        except RuntimeError as exc:  # an op without a batching rule (or double backward)
+            out = None
+            # dropout: a re-run need not redraw the kept graph's masks (SDPA's math kernel
+            # draws them differently under torch.func), so only the kept graph is used
+            if b >= self.forward_min_block and self._forward and not self._graph.dropout:
+                try:
+                    out = self._forward_over_reverse(rows)
+                except (RuntimeError, NotImplementedError) as exc:  # e.g. no forward-mode rule
+                    warnings.warn(
+                        f"forward-over-reverse Hessian-vector products failed ({exc}); using"
+                        " the reverse-over-reverse pass for this operator",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    self._forward = False
+            if out is None:
+                out = self._reverse_over_reverse(rows)
+        except (RuntimeError, NotImplementedError) as exc:  # no batching rule
             warnings.warn(
                 f"batched Hessian-vector products failed ({exc}); falling back to one"
                 " matvec per vector",
@@ -324,7 +364,11 @@ class HessianOperator:
             )
             self._batched = False
             return self.matmat(V)
-        out = torch.cat(
+        return out.mT
+
+    def _flat_rows(self, hv: Iterable[Tensor | None], b: int) -> Tensor:
+        """Per-parameter products ``[b, *shape]`` (None: zero) as one ``[b, n]`` block."""
+        return torch.cat(
             [
                 (h if h is not None else torch.zeros((b, *p.shape), dtype=p.dtype, device=p.device))
                 .reshape(b, -1)
@@ -333,7 +377,78 @@ class HessianOperator:
             ],
             dim=1,
         )  # [b, n]
-        return out.mT
+
+    def _reverse_over_reverse(self, rows: Tensor) -> Tensor:
+        """``[b, n]`` products by one double-backward pass through the kept gradient graph,
+        vmapped over the cotangents (autograd's ``is_grads_batched``)."""
+        b = rows.shape[0]
+        outputs, cotangents = [], []
+        grads = [self._graph.grads[i] for i in self._idx]
+        for gr, p, c in zip(grads, self.params, rows.split(self.sizes, dim=1), strict=True):
+            if gr is not None and gr.requires_grad:  # else that gradient is constant: zero rows
+                outputs.append(gr)
+                cotangents.append(c.reshape(b, *p.shape).to(device=p.device, dtype=gr.dtype))
+        if not outputs:
+            return torch.zeros((b, self.shape[0]), dtype=self.dtype, device=self.device)
+        hv = torch.autograd.grad(
+            outputs,
+            self.params,
+            cotangents,
+            retain_graph=True,
+            allow_unused=True,
+            is_grads_batched=True,
+        )
+        return self._flat_rows(hv, b)
+
+    def _forward_over_reverse(self, rows: Tensor) -> Tensor:
+        """``[b, n]`` products as ``vmap`` over the block of ``jvp(grad(loss))`` (torch.func):
+        the loss is run again with the selected parameters swapped in by ``functional_call``
+        (the rest held fixed), under the same isolation, mode and dropout seed as the kept
+        graph. The gradient that comes out on the way is checked against the kept graph's, so
+        a model that reads its weights around ``functional_call`` cannot give wrong products."""
+        from torch.func import functional_call, grad, jvp, vmap
+
+        graph, b = self._graph, rows.shape[0]
+        module = _LossModule(graph.model, graph.loss_fn, graph.batch)
+        keys = [f"model.{n}" for n in self.names]
+        primals = tuple(p.detach() for p in self.params)
+        tangents = tuple(
+            c.reshape(b, *p.shape).to(device=p.device, dtype=p.dtype)  # [b, *shape]
+            for c, p in zip(rows.split(self.sizes, dim=1), self.params, strict=True)
+        )
+
+        def loss_at(*values: Tensor) -> Tensor:
+            return functional_call(module, dict(zip(keys, values, strict=True)), ())
+
+        gradient = grad(loss_at, argnums=tuple(range(len(primals))))
+
+        def hvp(*v: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+            return jvp(gradient, primals, v)
+
+        # no_grad: the parameters held fixed build no autograd graph; torch.func ignores it
+        with _isolated(graph.model, train=graph.dropout, seed=graph.seed), torch.no_grad():
+            g, hv = vmap(hvp, randomness="same")(*tangents)
+        self._check_gradient([x[0] for x in g])
+        return self._flat_rows(hv, b)
+
+    def _check_gradient(self, g: list[Tensor]) -> None:
+        """Raise ``_BatchingFailed`` unless ``g`` matches the kept graph's gradient."""
+        kept = [self._graph.grads[i] for i in self._idx]
+        want = torch.cat(
+            [
+                (k.detach() if k is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
+                for k, p in zip(kept, self.params, strict=True)
+            ]
+        )
+        got = torch.cat([x.reshape(-1).to(self.dtype) for x in g])
+        tol = 1e-4 if self.dtype in (torch.float32, torch.float64) else 1e-2
+        err = torch.linalg.vector_norm(got - want)  # sync point: once per block
+        if not bool(err <= tol * torch.linalg.vector_norm(want) + torch.finfo(self.dtype).tiny):
+            raise _BatchingFailed(
+                "the re-run loss's gradient differs from the kept graph's (relative error"
+                f" {(err / torch.linalg.vector_norm(want)).item():.2e}): the model reads its"
+                " parameters in a way torch.func.functional_call cannot swap"
+            )
 
 
 # --------------------------------------------------------------------------------------------
