@@ -9,8 +9,11 @@
   draws, full batch (lr 1e-3, gamma 100, nbeta B/log B, 8 chains x 200 draws): both estimates
   with their standard errors over chains, and wall time.
 - Hessian trace and density throughput (Hessian-vector products per second) on the tiny LM
-  and the MLP: dynmon's per-vector loop vs its batched products vs curvlinops' batched
-  operator (vmap over columns); PyHessian's per-vector loop beside them.
+  and the MLP: dynmon's per-vector loop vs its batched passes (reverse-over-reverse through
+  the kept graph for blocks under 32 vectors, forward-over-reverse above) vs curvlinops'
+  batched operator (vmap over columns); PyHessian's per-vector loop beside them; all timed
+  interleaved, with ``RATIO`` lines at the end, and the share of a product that is per-op
+  overhead (the most batching can save).
 - SLQ density accuracy: the 1-Wasserstein distance between the estimated spectral density and
   the exact eigenvalues of the dense float64 Hessian, PyHessian's default budget (1 probe x 100
   Lanczos steps) vs dynmon's, on a 6.9k-parameter MLP and an 11k-parameter 2-layer LM,
@@ -39,8 +42,8 @@ import torch
 from torch import nn
 
 from dynmon import adapters
-from dynmon.linalg import slq_density
 from dynmon.hessian import HessianOperator, hessian_trace
+from dynmon.linalg import slq_density
 from dynmon.metrics.esd import esd_alpha_metric
 from dynmon.metrics.gradnoise import gradient_noise, per_sample_grad_moments
 from dynmon.metrics.llc import SGLDConfig, estimate_llc
@@ -415,69 +418,181 @@ def bench_hvp(quick: bool) -> None:
         ("tiny LM", lm.eval(), lm_loss, probe, _FlatLM(copy.deepcopy(lm)), lm_data),
         ("MLP", mlp, mlp_loss, mb, copy.deepcopy(mlp), mb),
     ]
+    summary = []
     for case in cases:
-        _hvp_case(*case, num=32 if quick else 64)
+        summary += _hvp_case(*case, num=64, repeats=3 if quick else 5)
+    print(
+        f"\n== trace/density throughput ratios, {torch.get_num_threads()} thread(s), measured side"
+        f" by side (target >= 2x the loop); load {os.getloadavg()} =="
+    )
+    for line in summary:
+        print(f"  RATIO {line}")
 
 
-def _hvp_case(name, model, loss_fn, batch, peer_model, peer_data, num: int) -> None:
-    """HVPs per second: dynmon's loop and batched products, curvlinops, PyHessian."""
+def _side_by_side(fns: dict, repeats: int) -> tuple[dict, dict]:
+    """Median wall and CPU seconds of each ``fns[k]()``, the cases interleaved within each
+    repeat (after one warm-up each) so that a change in the machine's load hits them all alike.
+    CPU time (this process's, all threads) moves less than wall time on a shared machine."""
+    for fn in fns.values():
+        fn()
+    wall: dict = {k: [] for k in fns}
+    cpu: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t, c = time.perf_counter(), time.process_time()
+            fn()
+            wall[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)
+    med = statistics.median
+    return {k: med(v) for k, v in wall.items()}, {k: med(v) for k, v in cpu.items()}
+
+
+def _hvp_case(name, model, loss_fn, batch, peer_model, peer_data, num: int, repeats: int):
+    """HVPs per second: dynmon's loop and batched passes, curvlinops, PyHessian; returns the
+    ratio lines for the summary."""
     print(f"\n== Hessian trace/density throughput: HVPs per second ({name}) ==")
-    op = HessianOperator(model, loss_fn, batch)
-    print(f"model: {nparams(model)} parameters; {num} probes")
-    rates = {}
+    print(f"model: {nparams(model)} parameters; trace: {num} probes (operator built in each)")
 
-    def trace(block, batched):
-        return lambda: hessian_trace(
-            model, loss_fn, batch, num_probes=num, block_size=block, batched=batched
-        )
+    def trace(block, batched, probes=num, **kw):
+        def run():
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)  # a fallback would void the row
+                hessian_trace(
+                    model,
+                    loss_fn,
+                    batch,
+                    num_probes=probes,
+                    block_size=block,
+                    batched=batched,
+                    **kw,
+                )
 
-    rates["dynmon trace, per-vector loop (CPU default)"] = num / median_time(trace(1, False), 2)
-    rates["dynmon trace, batched (16)"] = num / median_time(trace(16, True), 2)
-    rates["dynmon trace, batched (64)"] = num / median_time(trace(64, True), 2)
+        return probes, run
+
+    hpp = 96  # Hutch++ spends a third on each stage: 32-vector blocks
+    fns = {
+        "dynmon trace, per-vector loop (CPU default)": trace(1, False),
+        "dynmon trace, batched rev-over-rev (16)": trace(16, True),
+        "dynmon trace, batched fwd-over-rev (64)": trace(64, True),
+        "dynmon hutch++ (96), per-vector loop": trace(1, False, hpp, method="hutch++"),
+        "dynmon hutch++ (96), batched fwd-over-rev (32)": trace(None, True, hpp, method="hutch++"),
+    }
     try:
         from curvlinops import hutchinson_trace as cl_trace
 
         A = _curvlinops_operator(peer_model, peer_data)
-        with _sdpa_math():  # the fused CPU kernel has no forward-mode AD
-            rates["curvlinops trace (vmap, all at once)"] = num / median_time(
-                lambda: cl_trace(A, num), 2
-            )
+
+        def curvlinops_trace():
+            with _sdpa_math():  # the fused CPU kernel has no forward-mode AD
+                cl_trace(A, num)
+
+        fns["curvlinops trace (vmap, all at once)"] = (num, curvlinops_trace)
     except Exception as exc:  # report, keep the rest of the table
         print(f"  curvlinops failed: {exc!r}")
     try:
         from pyhessian import hessian as PyHessian
 
-        with _sdpa_math():  # the fused CPU kernel has no double backward
+        with _sdpa_math():
             h = PyHessian(
                 copy.deepcopy(peer_model), nn.CrossEntropyLoss(), data=peer_data, cuda=False
             )
-            rates["PyHessian trace (per-vector loop)"] = num / median_time(
-                lambda: h.trace(maxIter=num, tol=0.0), 1
-            )
+
+        def pyhessian_trace():
+            with _sdpa_math():  # the fused CPU kernel has no double backward
+                h.trace(maxIter=num, tol=0.0)
+
+        fns["PyHessian trace (per-vector loop)"] = (num, pyhessian_trace)
     except Exception as exc:
         print(f"  PyHessian failed: {exc!r}")
+    seconds, cpu_seconds = _side_by_side({k: f for k, (_, f) in fns.items()}, repeats)
+    rates = {k: fns[k][0] / s for k, s in seconds.items()}
+    cpu_rates = {k: fns[k][0] / s for k, s in cpu_seconds.items()}
+
     steps = 40
+    loop_op = HessianOperator(model, loss_fn, batch)
     batched_op = HessianOperator(model, loss_fn, batch, batched=True)
 
-    def density(A, block):
-        return lambda: slq_density(A, 4, steps, block_size=block)
+    def density(A, probes, block):
+        return lambda: slq_density(A, probes, steps, block_size=block)
 
-    rates["dynmon density 4x40, one probe at a time"] = 4 * steps / median_time(density(op, 1), 1)
-    rates["dynmon density 4x40, 4 probes batched"] = (
-        4 * steps / median_time(density(batched_op, None), 1)
-    )
+    dens = {
+        "dynmon density 4x40, one probe at a time": (4, density(loop_op, 4, 1)),
+        "dynmon density 4x40, 4 probes batched": (4, density(batched_op, 4, None)),
+        "dynmon density 32x40, one probe at a time": (32, density(loop_op, 32, 1)),
+        "dynmon density 32x40, 32 probes batched": (32, density(batched_op, 32, None)),
+    }
+    seconds, cpu_seconds = _side_by_side({k: f for k, (_, f) in dens.items()}, max(1, repeats // 2))
+    rates.update({k: dens[k][0] * steps / s for k, s in seconds.items()})
+    cpu_rates.update({k: dens[k][0] * steps / s for k, s in cpu_seconds.items()})
+    print(f"  {'':47s} {'wall':>8s} {'CPU time':>14s}")
     for k, r in rates.items():
-        print(f"  {k:42s} {r:8.1f} HVP/s")
-    loop = rates["dynmon trace, per-vector loop (CPU default)"]
-    best = max(v for k, v in rates.items() if k.startswith("dynmon trace, batched"))
-    density_ratio = (
-        rates["dynmon density 4x40, 4 probes batched"]
-        / rates["dynmon density 4x40, one probe at a time"]
-    )
+        print(f"  {k:47s} {r:8.1f} {cpu_rates[k]:8.1f} HVP/s")
+
+    over = _loop_overhead(model, loss_fn, batch)
     print(
-        f"  batched trace / per-vector loop: {best / loop:.2f}x;  density batched / loop:"
-        f" {density_ratio:.2f}x"
+        f"  one matvec: {over[0] * 1e3:.2f} ms on the probe batch, {over[1] * 1e3:.2f} ms on one"
+        f" sample: {over[1] / over[0]:.0%} of a product is per-op overhead, the only part a"
+        f" batched pass can share; were the rest unchanged, batching could reach at most"
+        f" {over[0] / (over[0] - over[1]):.2f}x"
     )
+
+    def ratio(label: str, fast: str, slow: str) -> str:
+        return (
+            f"{name}: {label}: {rates[fast] / rates[slow]:.2f}x wall,"
+            f" {cpu_rates[fast] / cpu_rates[slow]:.2f}x CPU time"
+        )
+
+    loop = "dynmon trace, per-vector loop (CPU default)"
+    lines = [
+        ratio(
+            "trace batched rev-over-rev (16) / loop",
+            "dynmon trace, batched rev-over-rev (16)",
+            loop,
+        ),
+        ratio(
+            "trace batched fwd-over-rev (64) / loop",
+            "dynmon trace, batched fwd-over-rev (64)",
+            loop,
+        ),
+        ratio(
+            "hutch++ batched fwd-over-rev (32) / loop",
+            "dynmon hutch++ (96), batched fwd-over-rev (32)",
+            "dynmon hutch++ (96), per-vector loop",
+        ),
+        ratio(
+            "density 4x40 batched (4, rev-over-rev) / loop",
+            "dynmon density 4x40, 4 probes batched",
+            "dynmon density 4x40, one probe at a time",
+        ),
+        ratio(
+            "density 32x40 batched (32, fwd-over-rev) / loop",
+            "dynmon density 32x40, 32 probes batched",
+            "dynmon density 32x40, one probe at a time",
+        ),
+    ]
+    lines.append(
+        f"{name}: per-op overhead {over[1] / over[0]:.0%} of a matvec (CPU time): ceiling of a"
+        f" batching gain about {over[0] / (over[0] - over[1]):.2f}x"
+    )
+    if "curvlinops trace (vmap, all at once)" in rates:
+        lines.append(
+            ratio("curvlinops trace / dynmon loop", "curvlinops trace (vmap, all at once)", loop)
+        )
+    return lines
+
+
+def _loop_overhead(model, loss_fn, batch) -> tuple[float, float]:
+    """Seconds of one matvec on the probe batch and on its first sample alone (about the
+    per-op overhead: dispatch, autograd bookkeeping, allocation), side by side."""
+    one = batch[:1] if isinstance(batch, torch.Tensor) else tuple(t[:1] for t in batch)
+    ops = [HessianOperator(model, loss_fn, b) for b in (batch, one)]
+    v = torch.randn(ops[0].shape[0], generator=torch.Generator().manual_seed(0))
+
+    def matvecs(op):
+        return lambda: [op.matvec(v) for _ in range(8)]
+
+    _, s = _side_by_side({"full": matvecs(ops[0]), "one": matvecs(ops[1])}, 5)  # CPU time
+    return s["full"] / 8, s["one"] / 8
 
 
 class _FlatLM(nn.Module):
