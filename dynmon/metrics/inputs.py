@@ -107,16 +107,17 @@ class Workspace:
     def __init__(self) -> None:
         self._flat: dict[str, Tensor] = {}
 
-    def buffer(
-        self, name: str, shape: torch.Size, dtype: torch.dtype, device: torch.device
-    ) -> Tensor:
-        """An uninitialised contiguous tensor, a view of the buffer ``name``."""
-        n = math.prod(shape)
+    def buffer(self, name: str, like: Tensor, dtype: torch.dtype, device: torch.device) -> Tensor:
+        """An uninitialised tensor shaped and laid out as ``like`` (``empty_like``'s strides, so
+        converting ``like`` into it is a straight copy, not a transpose), a view of buffer
+        ``name``."""
+        n = like.numel()
+        strides = torch.empty_like(like, dtype=dtype, device="meta").stride()
         flat = self._flat.get(name)
         if flat is None or flat.numel() < n or flat.dtype != dtype or flat.device != device:
             flat = torch.empty(n, dtype=dtype, device=device)
             self._flat[name] = flat
-        return flat[:n].view(shape)
+        return flat[:n].as_strided(like.shape, strides)
 
     def working(self, F: Tensor, name: str, like: Tensor | None = None) -> Tensor:
         """``F`` in working precision on ``like``'s device and dtype (by default ``F``'s device and
@@ -125,7 +126,7 @@ class Workspace:
         wd = working_dtype(F) if like is None else like.dtype
         if F.dtype == wd and F.device == device:
             return F
-        return self.buffer(name, F.shape, wd, device).copy_(F)
+        return self.buffer(name, F, wd, device).copy_(F)
 
 
 @dataclass
@@ -185,7 +186,7 @@ def layer_pass(
                 F_ref = ws.working(ref["F"][f], "R", like=A)  # restart: cross-Gram anew
                 cross_ref[f] = (F_ref.mT @ A).to(torch.float64)
             continue
-        delta = ws.buffer("D", A.shape, A.dtype, A.device).copy_(
+        delta = ws.buffer("D", A, A.dtype, A.device).copy_(
             prev["F"][f]
         )  # A₀, then Δ = A − A₀ in place
         torch.sub(A, delta, out=delta)  # [h, D, dh]
