@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 import typing
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -71,6 +72,8 @@ class MetricError(RuntimeError):
 GATHER_NEEDS = HEAD_NEEDS | {"weights", "prev_weights"}
 # inputs a sharded model cannot give a single rank: switched off under FSDP2
 UNSHARDABLE_NEEDS = frozenset({"grads", "prev_weights", "curvature"})
+# inputs the layer-streamed head pass computes; a look that needs only "heads" skips the pass
+PASS_NEEDS = HEAD_NEEDS - {"heads"}
 
 
 _intra_op_threads = intra_op_threads  # the look's thread guard (dynmon/threads.py)
@@ -200,6 +203,11 @@ class Monitor:
         self.active = all_ranks or self.rank == 0
         self.schedule = default_schedule() if schedule is None else as_schedule(schedule)
         self._metrics = self._resolve_metrics(metrics)
+        # metrics that compare with the weights one step before: only they make a step copy them
+        self._prev_needers = tuple(
+            n for n, (spec, _) in self._metrics.items() if "prev_weights" in spec.needs
+        )
+        self._seconds: dict[str, float] = {}  # where the Monitor's time goes (``seconds``)
         self._generator = torch.Generator().manual_seed(seed)
         self._seed = seed
         self._snapshots: dict[str, Any] = {}
@@ -474,8 +482,12 @@ class Monitor:
                 with distributed.gathered(self.model):
                     pass
             return
-        with distributed.gathered(self.model) if gather else contextlib.nullcontext():
-            self._step(step, loss, scalars)
+        t0 = time.perf_counter()
+        try:
+            with distributed.gathered(self.model) if gather else contextlib.nullcontext():
+                self._step(step, loss, scalars)
+        finally:
+            self._add_seconds("step", t0)
 
     def _check_step(self, step: Any) -> int:
         """An integer step in the int64 range (what the run folder and its readers can hold)."""
@@ -500,11 +512,7 @@ class Monitor:
             values["loss"] = loss
         values.update(scalars)
         values = self._checked_values(values)
-        due = [
-            (n, spec)
-            for n, (spec, own) in self._metrics.items()
-            if n not in self._disabled and (own or self.schedule)(step)
-        ]
+        due = self._due(step)
         self._pending.append((step, values))
         pending_tensors = self._pending_tensors or any(
             isinstance(v, Tensor) for v in values.values()
@@ -512,19 +520,46 @@ class Monitor:
         self._pending_tensors = pending_tensors
         if due or not pending_tensors or len(self._pending) >= self._flush_every:
             looked, arrays = self._look(step, due) if due else (None, {})
+            t0 = time.perf_counter()
             self._flush(looked, arrays)
-        self._keep_prev_weights(step + 1)
+            self._add_seconds("rows", t0)
+        if self._prev_needers or self._prev_weights is not None:
+            self._keep_prev_weights(step + 1)
+
+    def _due(self, step: int) -> list[tuple[str, MetricSpec]]:
+        """The metrics due at ``step``, in table order; each distinct schedule is asked once
+        (most metrics share the Monitor's)."""
+        asked: dict[int, bool] = {}
+        due = []
+        for n, (spec, own) in self._metrics.items():
+            if n in self._disabled:
+                continue
+            sched = own or self.schedule
+            hit = asked.get(id(sched))
+            if hit is None:
+                hit = asked[id(sched)] = bool(sched(step))
+            if hit:
+                due.append((n, spec))
+        return due
+
+    def _add_seconds(self, part: str, since: float) -> None:
+        self._seconds[part] = self._seconds.get(part, 0.0) + time.perf_counter() - since
 
     def _flush(
         self, looked: Mapping[str, Any] | None = None, arrays: Mapping[str, Any] | None = None
     ) -> None:
         """Convert the pending rows (and a look's outputs, which belong to the last row) in one
         transfer per device, then write each row and feed the detectors, in step order."""
-        rows, self._pending, self._pending_tensors = self._pending, [], False
+        rows, tensors = self._pending, self._pending_tensors
+        self._pending, self._pending_tensors = [], False
         if not rows and not looked:
             return
-        parts: list[Mapping[str, Any]] = [v for _, v in rows] + [looked or {}]
-        converted, host_arrays = _to_host_values(parts, arrays or {})
+        if looked is None and not arrays and not tensors:  # Python floats only: nothing to move
+            converted: list[dict[str, float]] = [dict(v) for _, v in rows]
+            host_arrays: dict[str, np.ndarray] = {}
+        else:
+            parts: list[Mapping[str, Any]] = [v for _, v in rows] + [looked or {}]
+            converted, host_arrays = _to_host_values(parts, arrays or {})
         for i, (row_step, _) in enumerate(rows):
             logged = converted[i]
             last = i == len(rows) - 1
@@ -576,8 +611,8 @@ class Monitor:
     def _keep_prev_weights(self, next_step: int) -> None:
         """Copy the weights when a metric due at the next step compares against them."""
         needs_prev = any(
-            "prev_weights" in spec.needs and (own or self.schedule)(next_step)
-            for n, (spec, own) in self._metrics.items()
+            (self._metrics[n][1] or self.schedule)(next_step)
+            for n in self._prev_needers
             if n not in self._disabled
         )
         if needs_prev:
@@ -609,14 +644,18 @@ class Monitor:
         is_reference = (self.reference_step is None and self._looks == 0) or (
             step == self.reference_step
         )
+        t0 = time.perf_counter()
         with torch.no_grad():
             ctx = self._context(step, needs, due, is_reference)
+        self._add_seconds("inputs", t0)
         if ctx is None:
             return {}, {}
         for name, spec in due:
             ctx.snapshot = self._snapshots.get(name)
             ctx.reference = self._references.get(name)
+            t0 = time.perf_counter()
             out = self._run_metric(name, spec, ctx, step)
+            self._add_seconds(f"metric/{name}", t0)
             if out is None:
                 continue
             scalars.update(out.scalars)
@@ -663,13 +702,17 @@ class Monitor:
     def _head_inputs(
         self, ctx: LookContext, needs: set[str], due: list[tuple[str, MetricSpec]], ref: bool
     ) -> None:
-        """One layer-streamed pass over the attention layers (``metrics.inputs.head_pass``).
+        """One layer-streamed pass over the attention layers (``metrics.inputs.head_pass``), when a
+        due metric needs spectra, subspaces or vectors (``PASS_NEEDS``); ``heads`` alone is the
+        adapters' per-head weights.
 
         The drift state belongs to the metric that needs ``head_subspace``: its snapshot and
         reference go in, the new state comes out as ``ctx.head_state``.
         """
         if "heads" in needs:
             ctx.heads = adapters.heads(self.model)
+        if not needs & PASS_NEEDS:  # per-head weights alone (head_roles): no spectra to take
+            return
         layers = ctx.heads if ctx.heads else adapters.iter_heads(self.model, expand_kv=False)
         tracker = next((n for n, spec in due if "head_subspace" in spec.needs), None)
         result = head_pass(
@@ -793,6 +836,14 @@ class Monitor:
     def last_event(self) -> dict[str, Any] | None:
         """The newest event (cheap to poll every step, unlike ``events``), or None."""
         return self._events[-1] if self._events else None
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Wall seconds spent inside the Monitor so far, by part: ``step`` (all of ``step()``),
+        ``inputs`` (a look's shared inputs: head pass, weights, gradients), ``metric/<name>``
+        (each metric's calls) and ``rows`` (converting, writing and running the series and
+        detectors on logged rows). Timings, to find where a run's monitoring time goes."""
+        return dict(self._seconds)
 
     @property
     def disabled(self) -> dict[str, str]:

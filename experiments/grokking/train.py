@@ -264,6 +264,7 @@ def _train(
             train_steps_per_s=round(last / max(elapsed - t_measure - t_monitor, 1e-9), 2),
             seconds_measuring=round(t_measure, 2),
             seconds_in_monitor=round(t_monitor, 2),
+            seconds_in_monitor_by_part={k: round(v, 3) for k, v in mon.seconds.items()},
             threads=torch.get_num_threads(),
             device=str(device),
         )

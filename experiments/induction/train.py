@@ -162,6 +162,7 @@ def _train(
             seconds=round(elapsed, 2),
             steps_per_s=round(cfg.steps / elapsed, 2),
             seconds_in_monitor=round(seconds_in_monitor, 2),
+            seconds_in_monitor_by_part={k: round(v, 3) for k, v in mon.seconds.items()},
             threads=torch.get_num_threads(),
         )
         for kind, step_key in (

@@ -114,7 +114,7 @@ def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = N
     c0 = float(model.conserved())
     drift = 0.0
     history: dict[str, list[tuple[int, float]]] = {}
-    t_train = t_log = 0.0
+    t_train = t_log = t_mon = 0.0
 
     def log(step: int, train_loss: float) -> None:
         nonlocal drift
@@ -131,7 +131,13 @@ def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = N
                 drift = max(drift, abs(c - c0) / scale)
         for k, v in {"loss": train_loss, **scalars}.items():
             history.setdefault(k, []).append((step, v))
-        mon.step(step, loss=train_loss, **scalars)
+        monitor_step(step, loss=train_loss, **scalars)
+
+    def monitor_step(step: int, **values: float) -> None:
+        nonlocal t_mon
+        t0 = time.perf_counter()
+        mon.step(step, **values)
+        t_mon += time.perf_counter() - t0
 
     g_batch = torch.Generator().manual_seed(cfg.seed + 3)
     with mon:
@@ -148,7 +154,7 @@ def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = N
             elif step % cfg.look_every == 0 or (
                 cfg.sharpness_every and step % cfg.sharpness_every == 0
             ):
-                mon.step(step)
+                monitor_step(step)
             t2 = time.perf_counter()
             if step < cfg.steps:
                 opt.zero_grad(set_to_none=True)
@@ -167,7 +173,9 @@ def _run_one(cfg: LinearICLConfig, out: Path, wandb: bool, group: str | None = N
             steps_run=cfg.steps,
             seconds=round(elapsed, 2),
             seconds_setup=round(seconds_setup, 2),
-            seconds_monitoring=round(t_log, 2),
+            seconds_monitoring=round(t_log, 2),  # logging: test loss, theory, mon.step
+            seconds_in_monitor=round(t_mon, 2),  # inside mon.step only, as the other packs
+            seconds_in_monitor_by_part={k: round(v, 3) for k, v in mon.seconds.items()},
             steps_per_s=round(cfg.steps / elapsed, 1),
             train_steps_per_s=round(cfg.steps / max(t_train, 1e-9), 1),
         )
