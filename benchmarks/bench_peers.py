@@ -528,12 +528,19 @@ def _hvp_case(name, model, loss_fn, batch, peer_model, peer_data, num: int, repe
     for k, r in rates.items():
         print(f"  {k:47s} {r:8.1f} {cpu_rates[k]:8.1f} HVP/s")
 
-    over = _loop_overhead(model, loss_fn, batch)
+    split = _cost_split(model, loss_fn, batch)
+    loop_full, loop_one, rev_full, rev_one = (split[k] for k in ("loop", "loop1", "rev", "rev1"))
+    data_ratio = (rev_full - rev_one) / (loop_full - loop_one)  # data work per vector
     print(
-        f"  one matvec: {over[0] * 1e3:.2f} ms on the probe batch, {over[1] * 1e3:.2f} ms on one"
-        f" sample: {over[1] / over[0]:.0%} of a product is per-op overhead, the only part a"
-        f" batched pass can share; were the rest unchanged, batching could reach at most"
-        f" {over[0] / (over[0] - over[1]):.2f}x"
+        f"  cost split, CPU ms per product (16-vector blocks): loop {loop_full * 1e3:.2f} on the"
+        f" probe batch, {loop_one * 1e3:.2f} on one sample (per-op overhead:"
+        f" {loop_one / loop_full:.0%}); rev-over-rev {rev_full * 1e3:.2f} and"
+        f" {rev_one * 1e3:.2f}. Batching cuts the overhead {loop_one / rev_one:.1f}x but the"
+        f" work on the data, per vector, goes from {(loop_full - loop_one) * 1e3:.2f} to"
+        f" {(rev_full - rev_one) * 1e3:.2f} ms ({data_ratio:.2f}x:"
+        f" b-times larger tensors leave the cache, bmm of small attention matrices costs per"
+        f" matrix); with the data work unchanged, batching could reach at most"
+        f" {loop_full / (loop_full - loop_one):.2f}x"
     )
 
     def ratio(label: str, fast: str, slow: str) -> str:
@@ -571,8 +578,9 @@ def _hvp_case(name, model, loss_fn, batch, peer_model, peer_data, num: int, repe
         ),
     ]
     lines.append(
-        f"{name}: per-op overhead {over[1] / over[0]:.0%} of a matvec (CPU time): ceiling of a"
-        f" batching gain about {over[0] / (over[0] - over[1]):.2f}x"
+        f"{name}: per-op overhead {loop_one / loop_full:.0%} of a matvec (CPU time): ceiling of a"
+        f" batching gain {loop_full / (loop_full - loop_one):.2f}x; data work per vector batched"
+        f" / loop {data_ratio:.2f}x"
     )
     if "curvlinops trace (vmap, all at once)" in rates:
         lines.append(
@@ -581,18 +589,21 @@ def _hvp_case(name, model, loss_fn, batch, peer_model, peer_data, num: int, repe
     return lines
 
 
-def _loop_overhead(model, loss_fn, batch) -> tuple[float, float]:
-    """Seconds of one matvec on the probe batch and on its first sample alone (about the
-    per-op overhead: dispatch, autograd bookkeeping, allocation), side by side."""
+def _cost_split(model, loss_fn, batch, b: int = 16) -> dict:
+    """CPU seconds per product of the loop and the reverse-over-reverse pass (blocks of ``b``),
+    on the probe batch and on its first sample alone: on one sample a product is nearly all
+    per-op overhead (dispatch, autograd bookkeeping, allocation), the part batching shares."""
     one = batch[:1] if isinstance(batch, torch.Tensor) else tuple(t[:1] for t in batch)
-    ops = [HessianOperator(model, loss_fn, b) for b in (batch, one)]
-    v = torch.randn(ops[0].shape[0], generator=torch.Generator().manual_seed(0))
-
-    def matvecs(op):
-        return lambda: [op.matvec(v) for _ in range(8)]
-
-    _, s = _side_by_side({"full": matvecs(ops[0]), "one": matvecs(ops[1])}, 5)  # CPU time
-    return s["full"] / 8, s["one"] / 8
+    ops = {
+        k: HessianOperator(model, loss_fn, x, batched=True) for k, x in (("", batch), ("1", one))
+    }
+    V = torch.randn(ops[""].shape[0], b, generator=torch.Generator().manual_seed(0))
+    fns = {}
+    for k, op in ops.items():
+        fns["loop" + k] = lambda op=op: [op.matvec(v) for v in V.T]
+        fns["rev" + k] = lambda op=op: op.matmat(V)
+    _, cpu = _side_by_side(fns, 5)
+    return {k: s / b for k, s in cpu.items()}
 
 
 class _FlatLM(nn.Module):

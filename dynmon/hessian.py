@@ -5,7 +5,9 @@ trace and spectral density (the maths; the monitor metrics built on them are in
 The loss is the user's closure ``loss_fn(model, batch) -> scalar`` on a fixed probe batch, so
 models with dict outputs (HF) work. ``HessianOperator`` runs that closure once with a gradient
 graph (``create_graph=True``) and answers each Hessian-vector product with one double-backward
-pass through it; the estimators in ``dynmon.linalg`` only see ``matvec``.
+pass through it; the estimators in ``dynmon.linalg`` only see ``matvec`` (and ``matmat``, whose
+batched passes vmap over a block: through that graph, or forward-over-reverse by ``torch.func``
+on a re-run of the closure under the same isolation).
 
 No side effects: ``.grad`` is never written (``torch.autograd.grad`` only), each module's
 ``training`` flag is restored, buffers are swapped for copies while the loss runs (batch-norm
@@ -524,8 +526,8 @@ def hessian_trace(
 
     ``num_probes`` is the number of Hessian-vector products for either method (Hutch++ spends
     two thirds of them on a low-rank sketch), in blocks of ``block_size``, each one batched
-    double-backward pass when ``batched`` (default: on CUDA; see ``HessianOperator``). Two
-    0-D float64 tensors.
+    pass when ``batched`` (default: on CUDA; blocks of 32 or more go forward-over-reverse, see
+    ``HessianOperator``). Two 0-D float64 tensors.
     """
     if method not in ("hutchinson", "hutch++"):
         raise ValueError(f"method must be 'hutchinson' or 'hutch++', got {method!r}")
@@ -558,7 +560,7 @@ def hessian_density(
     ``num_probes · num_steps`` Hessian-vector products (default 4 x 100: more accurate than
     PyHessian's 1 x 100, see ``slq_density``); the probes' Lanczos runs advance
     together, ``block_size`` of them (``None``: all) per block of products (one batched pass
-    when ``batched``, default on CUDA).
+    when ``batched``, default on CUDA; see ``HessianOperator``).
     """
     g = _private_generator(seed, generator)
     op = HessianOperator(

@@ -125,6 +125,18 @@ def test_dropout_masks_match_the_kept_graph(forward):
     assert not torch.allclose(off.matmat(V), loop)  # the masks do change the Hessian
 
 
+def test_tied_weights_are_swapped_together():
+    model, tokens = _tiny_lm()
+    model.unembed.weight = model.embed.weight  # [vocab, d] both: one parameter, two names
+    op = HessianOperator(model, lm_loss, tokens, batched=True)
+    assert "unembed.weight" not in op.names  # named_parameters lists a tied tensor once
+    H = _dense(model, lm_loss, tokens, op.names)
+    V = _block(op.shape[0], 32, seed=9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the gradient check passes
+        _assert_rel(op.matmat(V), H @ V)  # 32 vectors: forward-over-reverse
+
+
 def test_float32_operator_keeps_its_dtype(lm_and_hessian):
     model, tokens, H = lm_and_hessian
     model32 = copy.deepcopy(model).float()
