@@ -594,8 +594,9 @@ def _cost_split(model, loss_fn, batch, b: int = 16) -> dict:
     on the probe batch and on its first sample alone: on one sample a product is nearly all
     per-op overhead (dispatch, autograd bookkeeping, allocation), the part batching shares.
     The rest, the work on the data, grows per vector in a batched pass on these CPUs: e.g. a
-    512x20 @ 20x80 matmul costs 0.71x per vector as one 8192-row product, and bmm of 16x5 @
-    5x16 attention matrices 75 ns per matrix at 128 of them, 118 ns at 2048 (one thread)."""
+    512x20 @ 20x80 matmul took 1.4x longer per vector as one 8192-row product (16 vectors),
+    and bmm of 16x5 @ 5x16 attention matrices 75 ns a matrix at 128 of them, 118 ns at 2048
+    (one thread, measured under load)."""
     one = batch[:1] if isinstance(batch, torch.Tensor) else tuple(t[:1] for t in batch)
     ops = {
         k: HessianOperator(model, loss_fn, x, batched=True) for k, x in (("", batch), ("1", one))
