@@ -342,8 +342,8 @@ class HessianOperator:
         rows = V.mT  # [b, n]: one probe vector per row
         try:
             out = None
-            # dropout: a re-run need not redraw the kept graph's masks (SDPA's math kernel
-            # draws them differently under torch.func), so only the kept graph is used
+            # dropout: a re-run under torch.func need not redraw the kept graph's masks
+            # (nn.TransformerEncoderLayer's came out different), so only the kept graph is used
             if b >= self.forward_min_block and self._forward and not self._graph.dropout:
                 try:
                     out = self._forward_over_reverse(rows)
