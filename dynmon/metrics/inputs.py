@@ -187,12 +187,10 @@ def layer_pass(
                 F_ref = ws.working(ref["F"][f], "R", like=A)  # restart: cross-Gram anew
                 cross_ref[f] = (F_ref.mT @ A).to(torch.float64)
             continue
-        delta = ws.buffer("D", A, A.dtype, A.device).copy_(
-            prev["F"][f]
-        )  # A₀, then Δ = A − A₀ in place
-        torch.sub(A, delta, out=delta)  # [h, D, dh]
+        F0 = ws.working(prev["F"][f], "A0", like=A)
+        delta = torch.sub(A, F0, out=ws.buffer("D", A, A.dtype, A.device))  # Δ [h, D, dh]
+        P = (F0.mT @ delta).to(torch.float64)  # A₀ᵀΔ
         Q = (delta.mT @ delta).to(torch.float64)  # ΔᵀΔ
-        P = (A.mT @ delta).to(torch.float64) - Q  # A₀ᵀΔ = AᵀΔ − ΔᵀΔ (A₀ is not kept)
         G0 = prev["G"][f].to(F.device)
         cross_prev[f] = G0 + P  # A₀ᵀA
         grams[f] = G0 + P + P.mT + Q  # AᵀA, carried forward
