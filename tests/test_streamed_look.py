@@ -352,26 +352,3 @@ def test_nonfinite_heads_are_nan_and_recover(tmp_path):
     assert not math.isnan(run.series("dynmon/erank/L0.H0.QK")[1][2])
     steps, d = run.series("dynmon/subspace_dist/L0.H0.QK")
     assert steps[-1] == 3 and d[-1] == pytest.approx(0.0, abs=1e-6)
-
-
-def test_small_matrix_phase_runs_on_one_thread(monkeypatch):
-    """With a multi-threaded look the dh x dh LAPACK calls still run on one thread (on a busy
-    machine threaded small SVDs stall on OpenMP barriers); the factor products keep the look's
-    threads, and the count is restored afterwards."""
-    seen = []
-    real_svd = torch.linalg.svd
-
-    def svd(*args, **kwargs):
-        seen.append(torch.get_num_threads())
-        return real_svd(*args, **kwargs)
-
-    monkeypatch.setattr(torch.linalg, "svd", svd)
-    A, B = _factor(4, 64, 8, 2.0, torch.float32, 0), _factor(4, 64, 8, 2.0, torch.float32, 1)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        layer_pass(head_weights(A, B, B, A.mT), track=True)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
-    assert seen and set(seen) == {1}
