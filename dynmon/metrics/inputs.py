@@ -29,7 +29,6 @@ from torch import Tensor
 
 from dynmon.adapters.base import HeadWeights
 from dynmon.metrics.gram import cholesky_factor, finite_gram, qr_factor, working_dtype
-from dynmon.threads import intra_op_threads
 
 CIRCUITS = ("QK", "OV")
 _CIRCUIT_FACTORS = {"QK": ("Q", "K"), "OV": ("V", "O")}
@@ -201,94 +200,92 @@ def layer_pass(
                 F_ref = ws.working(ref["F"][f], "R", like=A)
                 P_ref = (F_ref.mT @ delta).to(torch.float64)  # A_refᵀΔ
             cross_ref[f] = prev["C"][f].to(F.device) + P_ref  # A_refᵀA
-    # the dh x dh phase: many small LAPACK calls, which threads only slow down (threads.py)
-    with intra_op_threads(1):
-        # a factor holding NaN/Inf shows in its Gram matrix: stand in the identity, report NaN
-        nonfinite: dict[str, Tensor] = {}  # factor -> bool [h]
-        for f in list(grams):
-            grams[f], bad_f = finite_gram(grams[f])
-            nonfinite[f] = bad_f
-            if bool(bad_f.any()):  # sync point (one flag): no drift through a non-finite factor
-                cross_prev.pop(f, None)
-                cross_ref.pop(f, None)
-        chols = {f: cholesky_factor(G, eps) for f, G in grams.items()}
+    # a factor holding NaN/Inf shows in its Gram matrix: stand in the identity, report NaN
+    nonfinite: dict[str, Tensor] = {}  # factor -> bool [h]
+    for f in list(grams):
+        grams[f], bad_f = finite_gram(grams[f])
+        nonfinite[f] = bad_f
+        if bool(bad_f.any()):  # sync point (one flag): no drift through a non-finite factor
+            cross_prev.pop(f, None)
+            cross_ref.pop(f, None)
+    chols = {f: cholesky_factor(G, eps) for f, G in grams.items()}
 
-        result = LayerResult(spectra={})
-        state_X: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
-        for circuit, (fa, fb) in _CIRCUIT_FACTORS.items():
-            ia, ib = index[fa], index[fb]
-            Fa, Fb = factors[fa], factors[fb]  # distinct heads; _rows picks query heads lazily
-            R_A, R_B = _take(chols[fa].R, ia), _take(chols[fb].R, ib)
-            nan_heads = _take(nonfinite[fa], ia) | _take(nonfinite[fb], ib)  # [H]
-            result.nonfinite[circuit] = nan_heads
-            ok = _take(chols[fa].ok, ia) & _take(chols[fb].ok, ib) | nan_heads  # [H]
-            if Fa.shape[-2] < Fa.shape[-1] or Fb.shape[-2] < Fb.shape[-1]:
-                ok = torch.zeros_like(ok)
-            bad = (~ok).nonzero(as_tuple=True)[0]  # sync point: which heads take the QR path
-            if bad.numel():
-                R_A, R_B = R_A.clone(), R_B.clone()
-                for R, F, i in ((R_A, Fa, ia), (R_B, Fb, ib)):
-                    r = qr_factor(_rows(F, i, bad))  # [n_bad, r, dh]
-                    R[bad] = 0
-                    R[bad, : r.shape[-2]] = r
-            core = R_A @ R_B.mT  # [H, dh, dh] float64
-            wd = working_dtype(Fa, Fb)
-            if not (track or vectors):
-                s = torch.linalg.svdvals(core)  # [H, dh]
-                result.spectra[circuit] = s.masked_fill(nan_heads[:, None], math.nan).to(wd)
-                continue
-            u, s, vh = torch.linalg.svd(core)  # [H, dh, dh], [H, dh], [H, dh, dh]
+    result = LayerResult(spectra={})
+    state_X: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+    for circuit, (fa, fb) in _CIRCUIT_FACTORS.items():
+        ia, ib = index[fa], index[fb]
+        Fa, Fb = factors[fa], factors[fb]  # distinct heads; _rows picks query heads lazily
+        R_A, R_B = _take(chols[fa].R, ia), _take(chols[fb].R, ib)
+        nan_heads = _take(nonfinite[fa], ia) | _take(nonfinite[fb], ib)  # [H]
+        result.nonfinite[circuit] = nan_heads
+        ok = _take(chols[fa].ok, ia) & _take(chols[fb].ok, ib) | nan_heads  # [H]
+        if Fa.shape[-2] < Fa.shape[-1] or Fb.shape[-2] < Fb.shape[-1]:
+            ok = torch.zeros_like(ok)
+        bad = (~ok).nonzero(as_tuple=True)[0]  # sync point: which heads take the QR path
+        if bad.numel():
+            R_A, R_B = R_A.clone(), R_B.clone()
+            for R, F, i in ((R_A, Fa, ia), (R_B, Fb, ib)):
+                r = qr_factor(_rows(F, i, bad))  # [n_bad, r, dh]
+                R[bad] = 0
+                R[bad, : r.shape[-2]] = r
+        core = R_A @ R_B.mT  # [H, dh, dh] float64
+        wd = working_dtype(Fa, Fb)
+        if not (track or vectors):
+            s = torch.linalg.svdvals(core)  # [H, dh]
             result.spectra[circuit] = s.masked_fill(nan_heads[:, None], math.nan).to(wd)
-            eye_a = _take(chols[fa].R_inv, ia)
-            eye_b = _take(chols[fb].R_inv, ib)
-            X_A = eye_a @ u  # [H, dh, r]: U = A X_A on Gram-path heads
-            X_B = eye_b @ vh.mT  # [H, dh, r]: V = B X_B
-            if vectors:
-                result.svd[circuit] = _vectors(_take(Fa, ia), _take(Fb, ib), X_A, X_B, s, bad)
-            if not track:
+            continue
+        u, s, vh = torch.linalg.svd(core)  # [H, dh, dh], [H, dh], [H, dh, dh]
+        result.spectra[circuit] = s.masked_fill(nan_heads[:, None], math.nan).to(wd)
+        eye_a = _take(chols[fa].R_inv, ia)
+        eye_b = _take(chols[fb].R_inv, ib)
+        X_A = eye_a @ u  # [H, dh, r]: U = A X_A on Gram-path heads
+        X_B = eye_b @ vh.mT  # [H, dh, r]: V = B X_B
+        if vectors:
+            result.svd[circuit] = _vectors(_take(Fa, ia), _take(Fb, ib), X_A, X_B, s, bad)
+        if not track:
+            continue
+        state_X[circuit] = (X_A, X_B, ok)
+        blocks: dict[str, tuple[Tensor, Tensor]] = {}
+        for which, old, cross in (("prev", prev, cross_prev), ("ref", ref, cross_ref)):
+            if old is None or fa not in cross or fb not in cross or circuit not in old["X"]:
                 continue
-            state_X[circuit] = (X_A, X_B, ok)
-            blocks: dict[str, tuple[Tensor, Tensor]] = {}
-            for which, old, cross in (("prev", prev, cross_prev), ("ref", ref, cross_ref)):
-                if old is None or fa not in cross or fb not in cross or circuit not in old["X"]:
-                    continue
-                X_A0, X_B0, ok0 = (t.to(core.device) for t in old["X"][circuit])
-                M_U = X_A0.mT @ _take(cross[fa], ia) @ X_A  # U₀ᵀU [H, r, r]
-                M_V = X_B0.mT @ _take(cross[fb], ib) @ X_B  # V₀ᵀV
-                both = ok & ok0
-                slow = (~both).nonzero(as_tuple=True)[0]  # sync point
-                if slow.numel():
-                    M_U, M_V = M_U.clone(), M_V.clone()
-                    A0 = _rows(old["F"][fa], ia, slow).to(Fa.device)
-                    B0 = _rows(old["F"][fb], ib, slow).to(Fa.device)
-                    U0, _, V0 = _explicit_bases(A0, B0)
-                    U1, _, V1 = _explicit_bases(_rows(Fa, ia, slow), _rows(Fb, ib, slow))
-                    M_U[slow] = U0.mT @ U1
-                    M_V[slow] = V0.mT @ V1
-                nan = nan_heads[:, None]
-                blocks[which] = (
-                    _block_sums(M_U).masked_fill(nan, math.nan),
-                    _block_sums(M_V).masked_fill(nan, math.nan),
+            X_A0, X_B0, ok0 = (t.to(core.device) for t in old["X"][circuit])
+            M_U = X_A0.mT @ _take(cross[fa], ia) @ X_A  # U₀ᵀU [H, r, r]
+            M_V = X_B0.mT @ _take(cross[fb], ib) @ X_B  # V₀ᵀV
+            both = ok & ok0
+            slow = (~both).nonzero(as_tuple=True)[0]  # sync point
+            if slow.numel():
+                M_U, M_V = M_U.clone(), M_V.clone()
+                A0 = _rows(old["F"][fa], ia, slow).to(Fa.device)
+                B0 = _rows(old["F"][fb], ib, slow).to(Fa.device)
+                U0, _, V0 = _explicit_bases(A0, B0)
+                U1, _, V1 = _explicit_bases(_rows(Fa, ia, slow), _rows(Fb, ib, slow))
+                M_U[slow] = U0.mT @ U1
+                M_V[slow] = V0.mT @ V1
+            nan = nan_heads[:, None]
+            blocks[which] = (
+                _block_sums(M_U).masked_fill(nan, math.nan),
+                _block_sums(M_V).masked_fill(nan, math.nan),
+            )
+        result.blocks[circuit] = blocks
+    if track:
+        dev = store_device
+        result.state = {
+            "version": STATE_VERSION,
+            "F": {f: _keep(F, f, old_F, ref_F, dev) for f, F in factors.items()},
+            "G": {f: G.to(dev or G.device) for f, G in grams.items()},
+            "C": (
+                {f: grams[f].to(dev or grams[f].device) for f in factors}
+                if is_reference
+                else (
+                    {f: c.to(dev or c.device) for f, c in cross_ref.items()}
+                    if len(cross_ref) == len(factors)
+                    else None
                 )
-            result.blocks[circuit] = blocks
-        if track:
-            dev = store_device
-            result.state = {
-                "version": STATE_VERSION,
-                "F": {f: _keep(F, f, old_F, ref_F, dev) for f, F in factors.items()},
-                "G": {f: G.to(dev or G.device) for f, G in grams.items()},
-                "C": (
-                    {f: grams[f].to(dev or grams[f].device) for f in factors}
-                    if is_reference
-                    else (
-                        {f: c.to(dev or c.device) for f, c in cross_ref.items()}
-                        if len(cross_ref) == len(factors)
-                        else None
-                    )
-                ),
-                "X": {c: tuple(t.to(dev or t.device) for t in x) for c, x in state_X.items()},
-                "bad": {f: b.to(dev or b.device) for f, b in nonfinite.items()},
-            }
+            ),
+            "X": {c: tuple(t.to(dev or t.device) for t in x) for c, x in state_X.items()},
+            "bad": {f: b.to(dev or b.device) for f, b in nonfinite.items()},
+        }
     return result
 
 
