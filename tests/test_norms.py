@@ -102,3 +102,17 @@ def test_large_tensor_norms_match_float64(shape, dtype):
     total = norms.global_norm([x, torch.ones(3)])
     want_total = (want.square().sum() + 3).sqrt()
     assert float(total) == pytest.approx(float(want_total), rel=2e-6)
+
+
+def test_global_norm_reuses_known_norms_of_large_matrices_only():
+    big, small = torch.randn(512, 512), torch.randn(8, 8)
+    known = {norms.tensor_key(big): torch.tensor(3.0), norms.tensor_key(small): torch.tensor(4.0)}
+    got = norms.global_norm([big, small], known)  # big's norm taken from known, small's computed
+    want = (9.0 + float(torch.linalg.vector_norm(small.double())) ** 2) ** 0.5
+    assert float(got) == pytest.approx(want, rel=1e-6)
+    fresh = norms.global_norm([big.detach(), small], {})
+    both = torch.cat([big.flatten(), small.flatten()]).double()
+    assert float(fresh) == pytest.approx(float(both.norm()), rel=1e-6)
+    assert norms.global_norm([big], {norms.tensor_key(big): norms.frobenius_norm(big)}) == (
+        norms.global_norm([big])
+    )  # the reused norm is the one global_norm would compute

@@ -77,9 +77,11 @@ def _weight_spectra(ctx: LookContext) -> Output:
 def _norms(ctx: LookContext) -> Output:
     """Total weight norm and the Frobenius norm of every 2-D weight."""
     out = Output()
-    out.scalars[key("weight_norm")] = norms.global_norm(ctx.model.parameters())
-    for name, w in ctx.weights.items():
-        out.scalars[key("norm", name)] = norms.frobenius_norm(w)
+    each = {name: norms.frobenius_norm(w) for name, w in ctx.weights.items()}
+    known = {norms.tensor_key(w): each[name] for name, w in ctx.weights.items()}
+    out.scalars[key("weight_norm")] = norms.global_norm(ctx.model.parameters(), known)
+    for name, n in each.items():
+        out.scalars[key("norm", name)] = n
     return out
 
 
@@ -88,9 +90,11 @@ def _grad_norm(ctx: LookContext) -> Output:
     grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
     out = Output()
     if grads:
-        out.scalars[key("grad_norm")] = norms.global_norm(grads)
-        for name, g in ctx.grads.items():
-            out.scalars[key("grad_norm", name)] = norms.frobenius_norm(g)
+        each = {name: norms.frobenius_norm(g) for name, g in ctx.grads.items()}
+        known = {norms.tensor_key(g): each[name] for name, g in ctx.grads.items()}
+        out.scalars[key("grad_norm")] = norms.global_norm(grads, known)
+        for name, n in each.items():
+            out.scalars[key("grad_norm", name)] = n
     return out
 
 
