@@ -149,12 +149,16 @@ class AutocorrCurvature(_Streaming):
         self.window, self.max_lag, self.detrend = int(window), int(max_lag), bool(detrend)
         self._ema = EMA(ema_span) if ema_span > 1 else None
 
-    def update(self, step: int, value: float) -> float | None:
-        """Add one logged loss; return the (smoothed) curvature, or None during warm-up."""
+    def update(self, step: int, value: float, *, compute: bool = True) -> float | None:
+        """Add one logged loss; return the (smoothed) curvature, or None during warm-up.
+
+        ``compute=False`` only folds the loss in and returns None (a caller that writes the
+        value on some rows only); with EMA smoothing every window is computed regardless.
+        """
         if not self._accept(step):
             return None
         self._ring.push(step, value)
-        if len(self._ring) < self.window:
+        if len(self._ring) < self.window or (not compute and self._ema is None):
             return None
         seg = np.asarray(self._ring.values)[None, :]  # (1, window)
         raw = float(window_curvature(seg, self.max_lag, self.detrend)[0])
@@ -248,7 +252,7 @@ class LossAutocorrSeries(_OverStream):
         """Fold in this row's loss; on a look, the curvature joins the row (once warmed up)."""
         if self.keys[0] not in values:
             return {}
-        value = self.stream.update(step, values[self.keys[0]])
+        value = self.stream.update(step, values[self.keys[0]], compute=look)
         return {step: {self.output: value}} if look and value is not None else {}
 
 

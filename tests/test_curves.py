@@ -39,6 +39,24 @@ def test_loss_autocorr_rows_match_the_batch_function_on_looks_only():
     assert series.update(99, {"train/loss": 1.0}, look=True) == {}  # not its key
 
 
+@pytest.mark.parametrize("ema_span", [1, 4])
+def test_autocorr_windows_skipped_between_looks_change_nothing(ema_span):
+    """Rows that are not written fold their loss in without computing the window (ema_span 1)
+    or still compute it (an EMA needs every value); the written values are the same."""
+    from dynmon.curves import AutocorrCurvature
+
+    losses = 1.0 + 0.1 * np.random.default_rng(4).standard_normal(80)
+    every, lazy = AutocorrCurvature(10, ema_span=ema_span), AutocorrCurvature(10, ema_span=ema_span)
+    for step, x in enumerate(losses):
+        want = every.update(step, float(x))
+        got = lazy.update(step, float(x), compute=step % 7 == 0)
+        if step % 7 == 0 or ema_span > 1:
+            assert got == want or (got is None and want is None)
+        else:
+            assert got is None
+    assert lazy.state_dict()["ring"] == every.state_dict()["ring"]
+
+
 def test_norm_curvature_rows_belong_to_the_window_middle():
     steps = np.array([1, 2, 4, 8, 16, 32, 64, 128, 256, 512])  # an irregular (log) grid
     norms = 3.0 + 1e-3 * steps**2 - 0.5 * np.sqrt(steps)
