@@ -67,3 +67,40 @@ def train_tiny_lm(
     if mon is not None:
         mon.close()
     return [p.detach().clone() for p in model.parameters()]
+
+
+class Noisy(nn.Module):
+    """Batch norm, dropout and a frozen layer: every kind of state a loss run could touch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.bn = nn.BatchNorm1d(6)
+        self.drop = nn.Dropout(0.5)
+        self.out = nn.Linear(6, 3)
+        self.frozen = nn.Linear(3, 3)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x):
+        return self.frozen(self.out(self.drop(torch.tanh(self.bn(self.lin(x))))))
+
+
+def noisy_loss(model: nn.Module, batch) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+def trained_noisy() -> tuple[Noisy, tuple[torch.Tensor, torch.Tensor], torch.optim.Optimizer]:
+    """A seeded ``Noisy`` after one AdamW step (optimizer state exists), one parameter without
+    a gradient, in mixed mode (train, batch norm in eval); its probe batch and optimizer."""
+    torch.manual_seed(0)
+    model = Noisy()
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    noisy_loss(model, batch).backward()
+    opt.step()
+    model.out.bias.grad = None  # one parameter without a gradient
+    model.train()
+    model.bn.eval()  # a mixed-mode model
+    return model, batch, opt

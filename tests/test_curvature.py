@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TinyLM, lm_loss, tiny_tl
+from side_effects import Untouched, noisy_loss, trained_noisy
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -254,48 +255,12 @@ def test_unused_parameters_and_bad_losses():
 # no side effects
 
 
-class Noisy(nn.Module):
-    """Dropout and batch norm: both behave differently in train mode, and BN has buffers."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = nn.Linear(4, 6)
-        self.bn = nn.BatchNorm1d(6)
-        self.drop = nn.Dropout(0.5)
-        self.out = nn.Linear(6, 3)
-        self.frozen = nn.Linear(3, 3)
-        self.frozen.requires_grad_(False)
-
-    def forward(self, x):
-        return self.frozen(self.out(self.drop(torch.tanh(self.bn(self.lin(x))))))
-
-
-def noisy_loss(model, batch):
-    x, y = batch
-    return nn.functional.cross_entropy(model(x), y)
-
-
 @pytest.mark.parametrize("dropout", [False, True])
 def test_no_side_effects(dropout):
-    torch.manual_seed(0)
-    model = Noisy()
-    g = torch.Generator().manual_seed(0)
-    batch = (torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    noisy_loss(model, batch).backward()
-    opt.step()
-    model.out.bias.grad = None  # one parameter without a gradient
-    model.train()
-    model.bn.eval()  # a mixed-mode model
-    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-    grad_ids = {n: id(p.grad) for n, p in model.named_parameters()}
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, batch, opt = trained_noisy()
     opt_state = copy.deepcopy(opt.state_dict())
-    modes = {n: m.training for n, m in model.named_modules()}
     model.bn.train()  # BN in train mode would update its running stats if run as-is
-    modes["bn"] = True
-    rng = torch.get_rng_state()
+    untouched = Untouched(model)
 
     hessian_eigenvalues(model, noisy_loss, batch, k=2, dropout=dropout)
     hessian_trace(model, noisy_loss, batch, num_probes=4, dropout=dropout)
@@ -305,17 +270,7 @@ def test_no_side_effects(dropout):
     sharpness_metric(ctx)
     hessian_trace_metric(ctx)
 
-    assert torch.equal(rng, torch.get_rng_state())
-    assert {n: m.training for n, m in model.named_modules()} == modes
-    for n, p in model.named_parameters():
-        assert id(p.grad) == grad_ids[n]
-        if grads[n] is None:
-            assert p.grad is None
-        else:
-            assert torch.equal(p.grad, grads[n])
-        assert torch.equal(p, params[n])
-    for n, b in model.named_buffers():
-        assert torch.equal(b, buffers[n]), n
+    untouched.check()
     assert str(opt.state_dict()) == str(opt_state)
 
 

@@ -11,6 +11,7 @@ import warnings
 import pytest
 import torch
 from conftest import TinyLM, lm_loss
+from side_effects import Untouched, trained_noisy
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -177,40 +178,13 @@ def test_trace_and_density_on_large_blocks_match_the_loop():
 # non-interference
 
 
-class Noisy(nn.Module):
-    """Batch norm, dropout and a frozen layer: every kind of state a loss run could touch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin, self.bn = nn.Linear(4, 8), nn.BatchNorm1d(8)
-        self.drop, self.out = nn.Dropout(0.3), nn.Linear(8, 3)
-        self.frozen = nn.Linear(3, 3)
-        self.frozen.requires_grad_(False)
-
-    def forward(self, x):
-        return self.frozen(self.out(self.drop(torch.tanh(self.bn(self.lin(x))))))
-
-
 @pytest.mark.parametrize("dropout", [False, True])
 def test_batched_products_leave_the_model_bitwise_unchanged(dropout):
-    torch.manual_seed(0)
-    model = Noisy()
-    g = torch.Generator().manual_seed(0)
-    batch = (torch.randn(32, 4, generator=g), torch.randint(0, 3, (32,), generator=g))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    mlp_loss(model, batch).backward()
-    opt.step()
-    model.out.bias.grad = None  # one parameter without a gradient
-    model.train()
-    model.bn.eval()  # a mixed-mode model
-    grads = {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()}
-    grad_ids = {n: id(p.grad) for n, p in model.named_parameters()}
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    params = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model, batch, opt = trained_noisy()
+    g = torch.Generator().manual_seed(1)
+    untouched = Untouched(model)
     param_ids = {n: id(p) for n, p in model.named_parameters()}
     opt_state = copy.deepcopy(opt.state_dict())
-    modes = {n: m.training for n, m in model.named_modules()}
-    rng = torch.get_rng_state()
 
     op = HessianOperator(model, mlp_loss, batch, dropout=dropout, batched=True)
     V = torch.randn(op.shape[0], 33, generator=g)
@@ -222,14 +196,8 @@ def test_batched_products_leave_the_model_bitwise_unchanged(dropout):
     hessian_trace(model, mlp_loss, batch, num_probes=32, block_size=32, batched=True)
     hessian_density(model, mlp_loss, batch, num_probes=32, num_steps=3, batched=True)
 
-    assert torch.equal(rng, torch.get_rng_state())
-    assert {n: m.training for n, m in model.named_modules()} == modes
-    for n, p in model.named_parameters():
-        assert id(p) == param_ids[n] and id(p.grad) == grad_ids[n]
-        assert (p.grad is None) if grads[n] is None else torch.equal(p.grad, grads[n])
-        assert torch.equal(p, params[n])
-    for n, b in model.named_buffers():
-        assert torch.equal(b, buffers[n]), n
+    untouched.check()
+    assert {n: id(p) for n, p in model.named_parameters()} == param_ids
     assert str(opt.state_dict()) == str(opt_state)
 
 
