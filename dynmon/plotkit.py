@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +133,23 @@ def _head_grid(run: Run, metric: str, circuit: str) -> tuple[np.ndarray, np.ndar
             found[(int(m["layer"]), int(m["head"]))] = k
     if not found:
         return None
+    steps, grid = grid_from_keys(run.series, found)
+    return steps, _clean(grid)
+
+
+def grid_from_keys(
+    series: Callable[[str], tuple[np.ndarray, np.ndarray]], found: Mapping[tuple[int, int], str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps [T], values [T, L, H])`` from one scalar series per head, ``found`` mapping
+    ``(layer, head)`` to its key; NaN where a head has no value at a step."""
     n_layers = 1 + max(layer for layer, _ in found)
     n_heads = 1 + max(head for _, head in found)
-    per_key = {lh: run.series(k) for lh, k in found.items()}
-    all_steps = np.unique(np.concatenate([s for s, _ in per_key.values()]))
-    grid = np.full((len(all_steps), n_layers, n_heads), np.nan)
+    per_key = {lh: series(k) for lh, k in found.items()}
+    steps = np.unique(np.concatenate([s for s, _ in per_key.values()]))
+    grid = np.full((len(steps), n_layers, n_heads), np.nan)  # [T, L, H]
     for (layer, head), (s, v) in per_key.items():
-        grid[np.searchsorted(all_steps, s), layer, head] = v
-    return all_steps, _clean(grid)
+        grid[np.searchsorted(steps, s), layer, head] = v
+    return steps, grid
 
 
 def _circuits(run: Run, metric: str) -> list[str]:

@@ -19,7 +19,7 @@ import numpy as np
 from dynmon.keys import strip_prefix
 from dynmon.page.envelope import BINS, Envelope, envelope
 from dynmon.page.keys import HeadMetric, KeyPlan, plan_keys
-from dynmon.plotkit import EVENT_COLORS, OTHER_EVENT_COLOR, PLATEAU_COLOR
+from dynmon.plotkit import EVENT_COLORS, OTHER_EVENT_COLOR, PLATEAU_COLOR, grid_from_keys
 
 MAX_FRAMES = 120  # heatmap frames kept for the step slider
 PALETTE = [
@@ -177,13 +177,7 @@ def head_grid(source: Source, hm: HeadMetric, circuit: str) -> tuple[np.ndarray,
     found = hm.heads.get(circuit)
     if not found:
         return None
-    n_layers = 1 + max(layer for layer, _ in found)
-    n_heads = 1 + max(head for _, head in found)
-    per_key = {lh: source.series(k) for lh, k in found.items()}
-    steps = np.unique(np.concatenate([s for s, _ in per_key.values()]))
-    grid = np.full((len(steps), n_layers, n_heads), np.nan)  # [T, L, H]
-    for (layer, head), (s, v) in per_key.items():
-        grid[np.searchsorted(steps, s), layer, head] = v
+    steps, grid = grid_from_keys(source.series, found)
     return steps, np.where(np.isfinite(grid), grid, np.nan)
 
 
