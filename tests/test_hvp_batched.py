@@ -244,17 +244,24 @@ def cube_loss(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (model(x) ** 2).sum()
 
 
+def _cube_case(
+    net: type[nn.Module], seed: int
+) -> tuple[HessianOperator, torch.Tensor, torch.Tensor]:
+    """A batched operator on ``net`` (every block forward-over-reverse first), a block of four
+    vectors and its products by the per-vector loop."""
+    torch.manual_seed(2)
+    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
+    op = HessianOperator(net(), cube_loss, x, batched=True)
+    op.forward_min_block = 2
+    V = _block(op.shape[0], 4, seed=seed)
+    return op, V, torch.stack([op.matvec(v) for v in V.T], 1)
+
+
 @pytest.mark.parametrize(
     ("net", "match"), [(CubeNet, "setup_context"), (CachedWeight, "functional_call")]
 )
 def test_forward_pass_failure_falls_back_with_one_warning(net, match):
-    torch.manual_seed(2)
-    model = net()
-    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
-    op = HessianOperator(model, cube_loss, x, batched=True)
-    op.forward_min_block = 2
-    V = _block(op.shape[0], 4, seed=7)
-    want = torch.stack([op.matvec(v) for v in V.T], 1)
+    op, V, want = _cube_case(net, seed=7)
     with pytest.warns(RuntimeWarning, match=match):
         got = op.matmat(V)  # then the reverse-over-reverse pass
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
@@ -265,13 +272,7 @@ def test_forward_pass_failure_falls_back_with_one_warning(net, match):
 
 
 def test_both_batched_passes_failing_end_in_the_loop(monkeypatch):
-    torch.manual_seed(2)
-    model = CubeNet()
-    x = torch.randn(5, 3, dtype=F64, generator=torch.Generator().manual_seed(2))
-    op = HessianOperator(model, cube_loss, x, batched=True)
-    op.forward_min_block = 2
-    V = _block(op.shape[0], 4, seed=8)
-    want = torch.stack([op.matvec(v) for v in V.T], 1)
+    op, V, want = _cube_case(CubeNet, seed=8)
     real = torch.autograd.grad
 
     def no_batching(*args, **kwargs):
