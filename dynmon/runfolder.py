@@ -163,20 +163,12 @@ class Run:
     def keys(self) -> list[str]:
         """Every scalar key logged at least once, in the order first seen."""
         if self._keys[0] != len(self.metrics):  # cached until rows are added
-            seen: dict[str, None] = {}
-            for row in self.metrics:
-                seen.update(dict.fromkeys(row))
-            seen.pop("step", None)
-            self._keys = (len(self.metrics), list(seen))
+            self._keys = (len(self.metrics), _names(self.metrics))
         return list(self._keys[1])
 
     def array_names(self) -> list[str]:
         """Every array name logged at least once, in the order first seen."""
-        seen: dict[str, None] = {}
-        for row in self.arrays:
-            seen.update(dict.fromkeys(row))
-        seen.pop("step", None)
-        return list(seen)
+        return _names(self.arrays)
 
     def series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of one scalar, sorted by step, skipping steps that lack it.
@@ -202,15 +194,20 @@ class Run:
 
     def hindsight_keys(self) -> list[str]:
         """Every key of ``hindsight.jsonl``, in the order first seen."""
-        seen: dict[str, None] = {}
-        for row in self.hindsight:
-            seen.update(dict.fromkeys(row))
-        seen.pop("step", None)
-        return list(seen)
+        return _names(self.hindsight)
 
     def hindsight_series(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """``(steps, values)`` of one ``hindsight.jsonl`` series, as ``series`` reads metrics."""
         return _series_of(self.hindsight, key)
+
+
+def _names(rows: list[dict[str, Any]]) -> list[str]:
+    """Every key of ``rows`` but ``step``, in the order first seen."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    seen.pop("step", None)
+    return list(seen)
 
 
 def _series_of(rows: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
