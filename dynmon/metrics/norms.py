@@ -6,14 +6,14 @@ is one vector and a 0-D one a scalar. Half precision is upcast to float32 before
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import Tensor
 
 from dynmon.metrics.spectral import _upcast, svdvals
 
-__all__ = ["frobenius_norm", "spectral_norm", "global_norm", "update_ratio"]
+__all__ = ["frobenius_norm", "spectral_norm", "global_norm", "named_norms", "update_ratio"]
 
 
 def _matrix_dims(x: Tensor) -> tuple[int, ...]:
@@ -101,6 +101,16 @@ def global_norm(
     device = norms[0].device
     stacked = torch.stack([n.to(device=device, dtype=dtype) for n in norms])  # [T]
     return torch.linalg.vector_norm(stacked)  # NaN/Inf in any tensor shows here
+
+
+def named_norms(
+    named: Mapping[str, Tensor], tensors: Iterable[Tensor | None]
+) -> tuple[dict[str, Tensor], Tensor]:
+    """The Frobenius norm of each named matrix and the global norm of ``tensors``; a large
+    named matrix that is also among ``tensors`` is reduced once (``tensor_key``)."""
+    each = {name: frobenius_norm(t) for name, t in named.items()}
+    known = {tensor_key(t): each[name] for name, t in named.items()}
+    return each, global_norm(tensors, known)
 
 
 def _norm_of(t: Tensor, known: dict[tuple, Tensor] | None) -> Tensor:

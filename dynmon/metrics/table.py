@@ -77,9 +77,8 @@ def _weight_spectra(ctx: LookContext) -> Output:
 def _norms(ctx: LookContext) -> Output:
     """Total weight norm and the Frobenius norm of every 2-D weight."""
     out = Output()
-    each = {name: norms.frobenius_norm(w) for name, w in ctx.weights.items()}
-    known = {norms.tensor_key(w): each[name] for name, w in ctx.weights.items()}
-    out.scalars[key("weight_norm")] = norms.global_norm(ctx.model.parameters(), known)
+    each, total = norms.named_norms(ctx.weights, ctx.model.parameters())
+    out.scalars[key("weight_norm")] = total
     for name, n in each.items():
         out.scalars[key("norm", name)] = n
     return out
@@ -90,9 +89,8 @@ def _grad_norm(ctx: LookContext) -> Output:
     grads = [p.grad for p in ctx.model.parameters() if p.grad is not None]
     out = Output()
     if grads:
-        each = {name: norms.frobenius_norm(g) for name, g in ctx.grads.items()}
-        known = {norms.tensor_key(g): each[name] for name, g in ctx.grads.items()}
-        out.scalars[key("grad_norm")] = norms.global_norm(grads, known)
+        each, total = norms.named_norms(ctx.grads, grads)
+        out.scalars[key("grad_norm")] = total
         for name, n in each.items():
             out.scalars[key("grad_norm", name)] = n
     return out
