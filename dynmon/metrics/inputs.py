@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from dynmon.adapters.base import HeadWeights
-from dynmon.metrics.gram import cholesky_factor, finite_gram, qr_factor, working_dtype
+from dynmon.metrics.gram import cholesky_factor, finite_gram, gram, qr_factor, working_dtype
 
 CIRCUITS = ("QK", "OV")
 _CIRCUIT_FACTORS = {"QK": ("Q", "K"), "OV": ("V", "O")}
@@ -98,10 +98,11 @@ def _explicit_bases(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class Workspace:
     """Working-precision buffers reused across the layers of one look.
 
-    A factor's working copy and its change ``Δ`` are as large as the factor; allocating them
-    afresh for every factor of every layer costs page faults comparable to the matmuls
-    (measured at D 4096: ``.float()`` of a bfloat16 factor 3x slower than ``copy_`` into a
-    reused buffer), so each named buffer is allocated once at the largest size it is asked for.
+    A factor's working copy, the previous and reference looks' copies and the change ``Δ`` are
+    each as large as the factor; allocating them afresh for every factor of every layer costs
+    page faults comparable to the matmuls (measured at D 4096: ``.float()`` of a bfloat16
+    factor 3x slower than ``copy_`` into a reused buffer), so each named buffer is allocated
+    once at the largest size it is asked for.
     """
 
     def __init__(self) -> None:
@@ -181,7 +182,7 @@ def layer_pass(
         A = ws.working(F, "A")  # the factor in working precision (F itself if already so)
         restart = not track or prev is None or bool(prev["bad"][f].any())  # sync point (rare)
         if restart:
-            grams[f] = (A.mT @ A).to(torch.float64)  # [h, dh, dh]
+            grams[f] = gram(A)  # [h, dh, dh]
             if ref is not None and prev is not None and not bool(ref["bad"][f].any()):
                 F_ref = ws.working(ref["F"][f], "R", like=A)  # restart: cross-Gram anew
                 cross_ref[f] = (F_ref.mT @ A).to(torch.float64)
