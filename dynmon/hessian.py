@@ -294,11 +294,15 @@ class HessianOperator:
         chunks = v.split(self.sizes)
         return {n: c.view(p.shape) for n, c, p in zip(self.names, chunks, self.params, strict=True)}
 
+    def _kept_grads(self) -> list[Tensor | None]:
+        """The kept graph's gradients of this operator's parameters (None: unused)."""
+        return [self._graph.grads[i] for i in self._idx]
+
     def matvec(self, v: Tensor) -> Tensor:
         """``H v`` for a flat ``[n]`` vector, in the operator's dtype and device."""
         if v.shape != (self.shape[0],):
             raise ValueError(f"expected a vector of shape ({self.shape[0]},), got {v.shape}")
-        grads = [self._graph.grads[i] for i in self._idx]
+        grads = self._kept_grads()
         outputs, cotangents = [], []
         for gr, p, c in zip(grads, self.params, v.split(self.sizes), strict=True):
             if gr is not None and gr.requires_grad:  # else that gradient is constant: zero rows
@@ -385,7 +389,7 @@ class HessianOperator:
         vmapped over the cotangents (autograd's ``is_grads_batched``)."""
         b = rows.shape[0]
         outputs, cotangents = [], []
-        grads = [self._graph.grads[i] for i in self._idx]
+        grads = self._kept_grads()
         for gr, p, c in zip(grads, self.params, rows.split(self.sizes, dim=1), strict=True):
             if gr is not None and gr.requires_grad:  # else that gradient is constant: zero rows
                 outputs.append(gr)
@@ -435,7 +439,7 @@ class HessianOperator:
 
     def _check_gradient(self, g: list[Tensor]) -> None:
         """Raise ``_BatchingFailed`` unless ``g`` matches the kept graph's gradient."""
-        kept = [self._graph.grads[i] for i in self._idx]
+        kept = self._kept_grads()
         want = torch.cat(
             [
                 (k.detach() if k is not None else torch.zeros_like(p)).reshape(-1).to(self.dtype)
