@@ -15,9 +15,10 @@ from torch import nn
 
 import dynmon
 from dynmon.adapters.layout import head_weights
-from dynmon.metrics import spectral, subspace
+from dynmon.metrics import inputs, spectral, subspace
 from dynmon.metrics.gram import gram_eigvals_svdvals
 from dynmon.metrics.inputs import drift_from_blocks, head_pass, layer_pass
+from dynmon.threads import intra_op_threads
 
 
 def _factor(H: int, D: int, dh: int, kappa: float, dtype: torch.dtype, seed: int) -> torch.Tensor:
@@ -93,6 +94,45 @@ def test_carried_drift_matches_explicit_bases(kappa, scale):
                     tol = 2e-3 * want + 2e-6
                     assert ((got.double() - want).abs() <= tol).all(), (which, got, want)
         states = res.state
+
+
+def _drift_chain(layers: list, threads: int = 1) -> list:
+    """Spectra and drift block sums of ``layer_pass`` over a trajectory of one layer's heads."""
+    out, prev, ref = [], None, None
+    with intra_op_threads(threads):
+        for t, hw in enumerate(layers):
+            res = layer_pass(hw, track=True, prev=prev, ref=ref, is_reference=t == 0)
+            ref = res.state if t == 0 else ref
+            prev = res.state
+            out.append((res.spectra, res.blocks))
+    return out
+
+
+@pytest.mark.parametrize("column_major", [False, True])  # TransformerLens's / nn.Linear's layout
+def test_half_precision_and_threaded_looks_equal_the_plain_float32_look(column_major, monkeypatch):
+    """bfloat16 factors take the side-by-side products (converted copies, one matmul for
+    A₀ᵀΔ, ΔᵀΔ, A_refᵀΔ) and two threads the parallel circuits; both give the values of the
+    separate float32 products on the same numbers (bitwise with MKL)."""
+    H, D, dh = 6, 96, 16
+    g = torch.Generator().manual_seed(11)
+
+    def factor() -> torch.Tensor:
+        if column_major:  # [H, dh, D] storage seen as [H, D, dh]
+            return torch.randn(H, dh, D, generator=g).mT
+        return torch.randn(H, D, dh, generator=g)
+
+    Q, K, V, O = factor(), factor(), factor(), factor()
+    traj = []
+    for _ in range(4):
+        Q, K, V, O = (t + 0.05 * torch.randn(t.shape, generator=g) for t in (Q, K, V, O))
+        traj.append(tuple(t.to(torch.bfloat16) for t in (Q, K, V, O)))
+    half = [head_weights(q, k, v, o.mT) for q, k, v, o in traj]
+    plain = [head_weights(*(t.float() for t in (q, k, v)), o.float().mT) for q, k, v, o in traj]
+    want = _drift_chain(plain)
+    monkeypatch.setattr(inputs, "PARALLEL_CIRCUITS_WORK", 0)  # parallel even at this size
+    for got in (_drift_chain(half), _drift_chain(plain, threads=2)):
+        assert len(got[-1][1]["QK"]) == 2  # previous and reference drift
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
 def _mixed_model() -> nn.Module:
