@@ -120,6 +120,20 @@ class Workspace:
 
     def __init__(self) -> None:
         self._flat: dict[str, Tensor] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        """Two worker threads for the layers' circuits, the same ones for the whole look (their
+        malloc arenas are reused, not one more pair per layer)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(len(CIRCUITS), thread_name_prefix="dynmon-look")
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker threads (the buffers go with the workspace)."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def _get(self, name: str, n: int, dtype: torch.dtype, device: torch.device) -> Tensor:
         """At least ``n`` elements of buffer ``name``, reallocated only when too small."""
@@ -282,10 +296,14 @@ def layer_pass(
     if (track or vectors) and threads > 1 and H * dh**3 >= PARALLEL_CIRCUITS_WORK:
         # the dh x dh work (SVDs above all) barely gains from intra-op threads: run the two
         # circuits side by side on one thread each instead
-        with intra_op_threads(1), ThreadPoolExecutor(len(CIRCUITS)) as pool:
-            outs = list(pool.map(work, CIRCUITS))
+        with intra_op_threads(1):
+            outs = list(ws.pool().map(work, CIRCUITS))
+        for out in outs:  # kept until the next look: allocate it here, not in a worker's arena
+            out.X = None if out.X is None else tuple(t.clone() for t in out.X)
     else:
         outs = [work(c) for c in CIRCUITS]
+    if workspace is None:
+        ws.close()
     for circuit, out in zip(CIRCUITS, outs, strict=True):
         result.spectra[circuit] = out.spectrum
         result.nonfinite[circuit] = out.nan_heads
@@ -483,31 +501,34 @@ def head_pass(
     free_prev = isinstance(prev, list) and prev is not ref
     workspace = Workspace()
     n_bad = 0
-    for i, hw in enumerate(layers):
-        old = prev[i] if isinstance(prev, list) and i < len(prev) else None
-        old_ref = ref[i] if isinstance(ref, list) and i < len(ref) else None
-        res = layer_pass(
-            hw,
-            track=track,
-            prev=old,
-            ref=old_ref,
-            is_reference=is_reference,
-            store_device=store_device,
-            vectors=vectors,
-            workspace=workspace,
-        )
-        if free_prev and i < len(prev):
-            prev[i] = None  # type: ignore[call-overload]  # the old layer's copy can go now
-        n_heads.append(hw.n_heads)
-        n_bad += sum(int(b.sum()) for b in res.nonfinite.values())  # sync point
-        for c in CIRCUITS:
-            spectra[c].append(res.spectra[c])
-            for which, pair in res.blocks.get(c, {}).items():
-                blocks[c].setdefault(which, []).append(pair)
-            if vectors:
-                svd[c].append(res.svd[c])
-        if res.state is not None:
-            states.append(res.state)
+    try:
+        for i, hw in enumerate(layers):
+            old = prev[i] if isinstance(prev, list) and i < len(prev) else None
+            old_ref = ref[i] if isinstance(ref, list) and i < len(ref) else None
+            res = layer_pass(
+                hw,
+                track=track,
+                prev=old,
+                ref=old_ref,
+                is_reference=is_reference,
+                store_device=store_device,
+                vectors=vectors,
+                workspace=workspace,
+            )
+            if free_prev and i < len(prev):
+                prev[i] = None  # type: ignore[call-overload]  # the old layer's copy can go now
+            n_heads.append(hw.n_heads)
+            n_bad += sum(int(b.sum()) for b in res.nonfinite.values())  # sync point
+            for c in CIRCUITS:
+                spectra[c].append(res.spectra[c])
+                for which, pair in res.blocks.get(c, {}).items():
+                    blocks[c].setdefault(which, []).append(pair)
+                if vectors:
+                    svd[c].append(res.svd[c])
+            if res.state is not None:
+                states.append(res.state)
+    finally:
+        workspace.close()
     if n_bad:
         warnings.warn(
             f"dynmon: {n_bad} head circuits hold NaN/Inf weights; their values are NaN",
