@@ -276,7 +276,6 @@ def layer_pass(
         if bool(bad_f.any()):  # sync point (one flag): no drift through a non-finite factor
             cross_prev.pop(f, None)
             cross_ref.pop(f, None)
-    chols = _cholesky_all(grams, eps)
 
     result = LayerResult(spectra={})
     state_X: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
@@ -284,7 +283,8 @@ def layer_pass(
         _circuit_pass,
         factors=factors,
         index=index,
-        chols=chols,
+        grams=grams,
+        eps=eps,
         nonfinite=nonfinite,
         crosses={"prev": cross_prev, "ref": cross_ref},
         olds={"prev": prev, "ref": ref},
@@ -334,8 +334,8 @@ def layer_pass(
 
 
 def _cholesky_all(grams: dict[str, Tensor], eps: float) -> dict[str, CholFactor]:
-    """``cholesky_factor`` of every factor's Gram matrices ``[h, dh, dh]`` in one batched call
-    (a few dozen small ops instead of four times as many; per matrix the same values)."""
+    """``cholesky_factor`` of several factors' Gram matrices ``[h, dh, dh]`` in one batched call
+    (a few dozen small ops instead of that many per factor; per matrix the same values)."""
     if len({G.shape[1:] for G in grams.values()}) != 1:
         return {f: cholesky_factor(G, eps) for f, G in grams.items()}
     sizes = [G.shape[0] for G in grams.values()]
@@ -360,7 +360,8 @@ def _circuit_pass(
     *,
     factors: dict[str, Tensor],
     index: dict[str, Tensor | None],
-    chols: dict[str, CholFactor],
+    grams: dict[str, Tensor],
+    eps: float,
     nonfinite: dict[str, Tensor],
     crosses: dict[str, dict[str, Tensor]],
     olds: dict[str, dict[str, Any] | None],
@@ -368,8 +369,9 @@ def _circuit_pass(
     vectors: bool,
 ) -> _CircuitOut:
     """Spectrum, and when asked the bases' coefficients and drift block sums, of one circuit of
-    one layer from its factors' Cholesky factors (``layer_pass``)."""
+    one layer from its two factors' Gram matrices (``layer_pass``)."""
     fa, fb = _CIRCUIT_FACTORS[circuit]
+    chols = _cholesky_all({fa: grams[fa], fb: grams[fb]}, eps)
     ia, ib = index[fa], index[fb]
     Fa, Fb = factors[fa], factors[fb]  # distinct heads; _rows picks query heads lazily
     R_A, R_B = _take(chols[fa].R, ia), _take(chols[fb].R, ib)
