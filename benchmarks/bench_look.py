@@ -2,7 +2,8 @@
 
 Builds a randomly initialised GPT-2 (12 layers, 12 heads, D=768) from its config, times one
 forward+backward on an 8x128 batch and one `economy` and one `full` look of the Monitor, side by
-side in the same process, and prints the ratios. Run: python benchmarks/bench_look.py [--quick]
+side in the same process, and prints the ratios.
+Run: python benchmarks/bench_look.py [--quick] [--look-threads N]
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 layers instead of 12")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--look-threads", type=int, default=1, help="CPU threads of a look (default 1)"
+    )
     args = parser.parse_args()
 
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -43,7 +47,14 @@ def main() -> None:
 
     results = {}
     for preset in ("economy", "full"):
-        mon = dynmon.Monitor(model, sinks=[], schedule=lambda s: True, metrics=preset, strict=True)
+        mon = dynmon.Monitor(
+            model,
+            sinks=[],
+            schedule=lambda s: True,
+            metrics=preset,
+            strict=True,
+            options={"threads": args.look_threads},
+        )
         mon.step(0)  # warm-up look (also the reference for subspace distances)
         counter = iter(range(1, 1000))
         results[preset] = median_time(
@@ -54,7 +65,7 @@ def main() -> None:
     heads = dynmon.heads(model)
     print(
         f"model: GPT-2 shapes, {layers} layers x {heads[0].n_heads} heads, D=768, dh=64; "
-        f"batch 8x128; {torch.get_num_threads()} threads"
+        f"batch 8x128; {torch.get_num_threads()} training threads, {args.look_threads} look threads"
     )
     print(f"forward+backward: {t_step:.3f} s")
     for preset, t in results.items():
