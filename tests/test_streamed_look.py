@@ -135,6 +135,31 @@ def test_half_precision_and_threaded_looks_equal_the_plain_float32_look(column_m
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
 
 
+def test_look_threads_end_with_the_look_and_pass_errors_on(monkeypatch):
+    """Side-by-side circuits leave no worker thread behind, restore the thread count, and an
+    error in a worker reaches the caller (the Monitor's fault isolation sees it)."""
+    import threading
+
+    monkeypatch.setattr(inputs, "PARALLEL_CIRCUITS_WORK", 0)
+    hw = [head_weights(*(torch.randn(3, 24, 4) for _ in range(3)), torch.randn(3, 4, 24))]
+
+    def looks() -> list:
+        return [t for t in threading.enumerate() if t.name.startswith("dynmon-look")]
+
+    with intra_op_threads(2):
+        res = head_pass(hw, track=True)
+        assert torch.get_num_threads() == 2 and not looks()
+        assert res.spectra["QK"].isfinite().all()
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("circuit failed")
+
+        monkeypatch.setattr(inputs, "_circuit_pass", broken)
+        with pytest.raises(RuntimeError, match="circuit failed"):
+            head_pass(hw, track=True)
+        assert torch.get_num_threads() == 2 and not looks()
+
+
 def _mixed_model() -> nn.Module:
     """Two nn.MultiheadAttention layers with different head counts and widths."""
     torch.manual_seed(0)

@@ -296,14 +296,16 @@ def layer_pass(
     if (track or vectors) and threads > 1 and H * dh**3 >= PARALLEL_CIRCUITS_WORK:
         # the dh x dh work (SVDs above all) barely gains from intra-op threads: run the two
         # circuits side by side on one thread each instead
-        with intra_op_threads(1):
-            outs = list(ws.pool().map(work, CIRCUITS))
+        try:
+            with intra_op_threads(1):
+                outs = list(ws.pool().map(work, CIRCUITS))
+        finally:
+            if workspace is None:
+                ws.close()
         for out in outs:  # kept until the next look: allocate it here, not in a worker's arena
             out.X = None if out.X is None else tuple(t.clone() for t in out.X)
     else:
         outs = [work(c) for c in CIRCUITS]
-    if workspace is None:
-        ws.close()
     for circuit, out in zip(CIRCUITS, outs, strict=True):
         result.spectra[circuit] = out.spectrum
         result.nonfinite[circuit] = out.nan_heads
