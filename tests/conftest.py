@@ -88,3 +88,17 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 def tiny_lm():
     torch.manual_seed(0)
     return TinyLM()
+
+
+@pytest.fixture
+def no_batched_grads(monkeypatch):
+    """``torch.autograd.grad`` refuses ``is_grads_batched`` as a model without a batching rule
+    does, so the batched Hessian-vector passes must fall back."""
+    real = torch.autograd.grad
+
+    def no_batching(*args, **kwargs):
+        if kwargs.get("is_grads_batched"):
+            raise RuntimeError("Batching rule not implemented for aten::some_op")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching)

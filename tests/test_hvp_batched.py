@@ -271,16 +271,8 @@ def test_forward_pass_failure_falls_back_with_one_warning(net, match):
     torch.testing.assert_close(again, want, rtol=1e-12, atol=1e-14)
 
 
-def test_both_batched_passes_failing_end_in_the_loop(monkeypatch):
+def test_both_batched_passes_failing_end_in_the_loop(no_batched_grads):
     op, V, want = _cube_case(CubeNet, seed=8)
-    real = torch.autograd.grad
-
-    def no_batching(*args, **kwargs):
-        if kwargs.get("is_grads_batched"):
-            raise RuntimeError("Batching rule not implemented for aten::some_op")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch.autograd, "grad", no_batching)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = op.matmat(V)
